@@ -1,0 +1,124 @@
+//! `out[T×N] = x[T×K] · Wᵀ` with W an `[N, K]` weight kept in its checkpoint dtype.
+//!
+//! Work is split over panels of weight rows (rayon); each panel is widened to f32 once into
+//! a per-thread scratch buffer and then multiplied with every token in 4-row × 3-token
+//! register tiles. Every output element is one canonical-order dot product (see
+//! [`super::simd`]), so the tiling never changes a value.
+
+use rayon::prelude::*;
+
+use super::simd::{self, TILE_ROWS, TILE_TOKENS};
+use crate::model::{DType, TensorRef};
+
+/// Weight rows widened per task. 16 rows × K floats stay in L2 for K up to ~16k.
+const PANEL_ROWS: usize = 16;
+
+/// A 2-D weight `[rows, cols]` in memory-mapped checkpoint bytes.
+#[derive(Debug, Clone)]
+pub struct WeightMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    tensor: TensorRef,
+}
+
+impl WeightMatrix {
+    /// Wraps a 2-D tensor. The caller has checked its shape against the config.
+    pub fn new(tensor: TensorRef) -> Self {
+        let rows = tensor.shape.first().copied().unwrap_or(0);
+        let cols = tensor.shape.get(1).copied().unwrap_or(0);
+        WeightMatrix { rows, cols, tensor }
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.tensor.dtype
+    }
+
+    /// Widens rows `[r0, r0 + n)` into `dst` (`n * cols` floats).
+    pub fn rows_to_f32(&self, r0: usize, n: usize, dst: &mut [f32]) {
+        let es = self.tensor.dtype.size();
+        let bytes = &self.tensor.bytes()[r0 * self.cols * es..(r0 + n) * self.cols * es];
+        let dst = &mut dst[..n * self.cols];
+        match self.tensor.dtype {
+            DType::F16 => simd::f16_to_f32(bytes, dst),
+            DType::BF16 => simd::bf16_to_f32(bytes, dst),
+            DType::F32 => simd::le_f32(bytes, dst),
+        }
+    }
+}
+
+/// `out[t * N + n] = Σ_k x[t * K + k] · W[n, k]` for `t < tokens`.
+pub fn matmul(x: &[f32], tokens: usize, w: &WeightMatrix, out: &mut [f32]) {
+    let (n, k) = (w.rows, w.cols);
+    assert!(
+        x.len() >= tokens * k && out.len() >= tokens * n,
+        "matmul buffers too small"
+    );
+    if tokens == 0 || n == 0 {
+        return;
+    }
+    let panels = n.div_ceil(PANEL_ROWS);
+    // Each panel returns its [rows × tokens] results; they are scattered afterwards so no
+    // two threads ever write the same output buffer.
+    let results: Vec<Vec<f32>> = (0..panels)
+        .into_par_iter()
+        .map_init(Vec::new, |scratch: &mut Vec<f32>, p| {
+            let r0 = p * PANEL_ROWS;
+            let rows = PANEL_ROWS.min(n - r0);
+            scratch.resize(PANEL_ROWS * k, 0.0);
+            w.rows_to_f32(r0, rows, scratch);
+            let mut res = vec![0.0f32; rows * tokens];
+            panel_times_tokens(&scratch[..rows * k], rows, x, tokens, k, &mut res);
+            res
+        })
+        .collect();
+    for (p, res) in results.iter().enumerate() {
+        let r0 = p * PANEL_ROWS;
+        let rows = res.len() / tokens;
+        for r in 0..rows {
+            for t in 0..tokens {
+                out[t * n + r0 + r] = res[r * tokens + t];
+            }
+        }
+    }
+}
+
+/// `res[r * tokens + t] = dot(panel[r], x[t])` for a widened panel.
+fn panel_times_tokens(
+    panel: &[f32],
+    rows: usize,
+    x: &[f32],
+    tokens: usize,
+    k: usize,
+    res: &mut [f32],
+) {
+    let mut tile = [[0.0f32; TILE_TOKENS]; TILE_ROWS];
+    let row = |r: usize| &panel[r.min(rows - 1) * k..][..k];
+    let tok = |t: usize| &x[t.min(tokens - 1) * k..][..k];
+    let mut t0 = 0;
+    while t0 < tokens {
+        let xs = [tok(t0), tok(t0 + 1), tok(t0 + 2)];
+        let mut r0 = 0;
+        while r0 < rows {
+            simd::tile_dots(
+                [row(r0), row(r0 + 1), row(r0 + 2), row(r0 + 3)],
+                xs,
+                k,
+                &mut tile,
+            );
+            for (dr, tr) in tile.iter().enumerate() {
+                let r = r0 + dr;
+                if r >= rows {
+                    break;
+                }
+                for (dt, v) in tr.iter().enumerate() {
+                    let t = t0 + dt;
+                    if t < tokens {
+                        res[r * tokens + t] = *v;
+                    }
+                }
+            }
+            r0 += TILE_ROWS;
+        }
+        t0 += TILE_TOKENS;
+    }
+}

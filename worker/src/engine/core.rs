@@ -1,0 +1,168 @@
+//! The synchronous engine: scheduler + backend + per-request output channels. One call of
+//! [`EngineCore::step`] is one iteration of continuous batching. Used directly by the
+//! offline `generate` command and wrapped in a thread by [`super::handle`] for serving.
+
+use std::collections::HashMap;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::request::{EngineRequest, FinishReason};
+use super::sampler::Sampled;
+use super::scheduler::{AdmitError, Effect, Scheduler, TimingInfo, UsageInfo};
+use crate::backend::{Backend, BackendError};
+
+/// What a request's output channel carries. At most `max_new_tokens` tokens plus one
+/// final message are ever sent, so the unbounded channel is bounded by the request itself
+/// and the engine never waits on a slow reader.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestOutput {
+    Token {
+        sampled: Sampled,
+        first: bool,
+    },
+    Finished {
+        reason: FinishReason,
+        usage: UsageInfo,
+        timings: TimingInfo,
+    },
+    /// Refused at admission (queue full, duplicate id, too large for the pool).
+    Rejected(AdmitError),
+    /// The backend failed; the worker is going down.
+    Failed(String),
+}
+
+/// Counts of one step, for statistics and tracing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepReport {
+    pub sequences: usize,
+    pub tokens: usize,
+    pub sampled: usize,
+}
+
+pub struct EngineCore {
+    pub scheduler: Scheduler,
+    backend: Box<dyn Backend>,
+    outputs: HashMap<String, UnboundedSender<RequestOutput>>,
+}
+
+impl EngineCore {
+    pub fn new(scheduler: Scheduler, backend: Box<dyn Backend>) -> Self {
+        EngineCore {
+            scheduler,
+            backend,
+            outputs: HashMap::new(),
+        }
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// Queues a request whose outputs go to `out`. A refusal is sent to `out` as well.
+    pub fn submit(&mut self, req: EngineRequest, out: UnboundedSender<RequestOutput>) -> bool {
+        let id = req.id.clone();
+        match self.scheduler.add(req) {
+            Ok(()) => {
+                self.outputs.insert(id, out);
+                true
+            }
+            Err(e) => {
+                let _ = out.send(RequestOutput::Rejected(e));
+                false
+            }
+        }
+    }
+
+    /// Cancels a request; true when it was known.
+    pub fn abort(&mut self, id: &str) -> bool {
+        match self.scheduler.abort(id) {
+            Some(effect) => {
+                self.dispatch(effect);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn has_work(&self) -> bool {
+        self.scheduler.has_work()
+    }
+
+    /// Runs one step. `Ok(None)` when there was nothing to do. A backend error is fatal:
+    /// every request is told, and the error is returned.
+    pub fn step(&mut self) -> Result<Option<StepReport>, BackendError> {
+        // Requests whose receiver is gone (client dropped the stream) are aborted first.
+        let gone: Vec<String> = self
+            .outputs
+            .iter()
+            .filter(|(_, tx)| tx.is_closed())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.scheduler.abort(&id);
+            self.outputs.remove(&id);
+        }
+        let Some(plan) = self.scheduler.schedule() else {
+            return Ok(None);
+        };
+        let sampled = match self.backend.execute(&plan.batch) {
+            Ok(s) => s,
+            Err(e) => {
+                for (_, tx) in self.outputs.drain() {
+                    let _ = tx.send(RequestOutput::Failed(e.to_string()));
+                }
+                return Err(e);
+            }
+        };
+        if sampled.len() != plan.batch.samples.len() {
+            return Err(BackendError::Device(format!(
+                "backend returned {} samples for {} rows",
+                sampled.len(),
+                plan.batch.samples.len()
+            )));
+        }
+        let report = StepReport {
+            sequences: plan.batch.seqs.len(),
+            tokens: plan.batch.num_tokens(),
+            sampled: sampled.len(),
+        };
+        for effect in self.scheduler.resolve(&plan, &sampled) {
+            self.dispatch(effect);
+        }
+        Ok(Some(report))
+    }
+
+    fn dispatch(&mut self, effect: Effect) {
+        match effect {
+            Effect::Token {
+                request_id,
+                sampled,
+                first,
+            } => {
+                let alive = self
+                    .outputs
+                    .get(&request_id)
+                    .is_some_and(|tx| tx.send(RequestOutput::Token { sampled, first }).is_ok());
+                if !alive {
+                    // The reader went away mid-step: free its blocks now.
+                    self.outputs.remove(&request_id);
+                    self.scheduler.abort(&request_id);
+                }
+            }
+            Effect::Finished {
+                request_id,
+                reason,
+                usage,
+                timings,
+            } => {
+                if let Some(tx) = self.outputs.remove(&request_id) {
+                    let _ = tx.send(RequestOutput::Finished {
+                        reason,
+                        usage,
+                        timings,
+                    });
+                }
+            }
+        }
+    }
+}
