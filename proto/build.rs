@@ -8,16 +8,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
     unsafe { std::env::set_var("PROTOC", protoc) };
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos = [
-        "tokenfleet/v1/common.proto",
-        "tokenfleet/v1/text_generation.proto",
-        "tokenfleet/v1/worker.proto",
-    ];
+    let protos = ["tokenfleet/v1/common.proto", "tokenfleet/v1/text_generation.proto", "tokenfleet/v1/worker.proto"];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(out_dir.join("tokenfleet_descriptor.bin"))
-        .compile_protos(&protos, &["."])?;
+    tonic_prost_build::configure().file_descriptor_set_path(out_dir.join("tokenfleet_descriptor.bin")).compile_protos(&protos, &["."])?;
     Ok(())
 }

@@ -51,55 +51,38 @@ impl StepBatch {
     pub fn validate(&self, num_blocks: usize, vocab: usize) -> Result<(), BackendError> {
         let n = self.token_ids.len();
         if self.positions.len() != n || self.slot_mapping.len() != n {
-            return Err(BackendError::InvalidBatch(
-                "token_ids, positions and slot_mapping differ in length".into(),
-            ));
+            return Err(BackendError::InvalidBatch("token_ids, positions and slot_mapping differ in length".into()));
         }
         if let Some(t) = self.token_ids.iter().find(|t| **t as usize >= vocab) {
-            return Err(BackendError::InvalidBatch(format!(
-                "token id {t} >= vocab {vocab}"
-            )));
+            return Err(BackendError::InvalidBatch(format!("token id {t} >= vocab {vocab}")));
         }
         let mut next = 0;
         for (i, s) in self.seqs.iter().enumerate() {
             if s.token_start != next || s.num_tokens == 0 || s.token_start + s.num_tokens > n {
-                return Err(BackendError::InvalidBatch(format!(
-                    "sequence {i} does not tile the token array"
-                )));
+                return Err(BackendError::InvalidBatch(format!("sequence {i} does not tile the token array")));
             }
             next += s.num_tokens;
             if s.context_len < s.num_tokens || s.block_table.len() * BLOCK_SIZE < s.context_len {
-                return Err(BackendError::InvalidBatch(format!(
-                    "sequence {i}: block table too short for its context"
-                )));
+                return Err(BackendError::InvalidBatch(format!("sequence {i}: block table too short for its context")));
             }
             if s.block_table.iter().any(|b| *b as usize >= num_blocks) {
-                return Err(BackendError::InvalidBatch(format!(
-                    "sequence {i}: block id out of range"
-                )));
+                return Err(BackendError::InvalidBatch(format!("sequence {i}: block id out of range")));
             }
             for j in 0..s.num_tokens {
                 let pos = self.positions[s.token_start + j] as usize;
                 let expect_pos = s.context_len - s.num_tokens + j;
                 let slot = self.slot_mapping[s.token_start + j] as usize;
-                let expect_slot =
-                    s.block_table[pos / BLOCK_SIZE] as usize * BLOCK_SIZE + pos % BLOCK_SIZE;
+                let expect_slot = s.block_table[pos / BLOCK_SIZE] as usize * BLOCK_SIZE + pos % BLOCK_SIZE;
                 if pos != expect_pos || slot != expect_slot {
-                    return Err(BackendError::InvalidBatch(format!(
-                        "sequence {i}: position/slot of token {j} inconsistent"
-                    )));
+                    return Err(BackendError::InvalidBatch(format!("sequence {i}: position/slot of token {j} inconsistent")));
                 }
             }
         }
         if next != n {
-            return Err(BackendError::InvalidBatch(
-                "sequences do not cover every token".into(),
-            ));
+            return Err(BackendError::InvalidBatch("sequences do not cover every token".into()));
         }
         if self.samples.iter().any(|s| s.seq >= self.seqs.len()) {
-            return Err(BackendError::InvalidBatch(
-                "sample refers to a missing sequence".into(),
-            ));
+            return Err(BackendError::InvalidBatch("sample refers to a missing sequence".into()));
         }
         Ok(())
     }

@@ -17,21 +17,13 @@ pub struct SyntheticBackend {
 
 impl SyntheticBackend {
     pub fn new(vocab: usize, num_blocks: usize, step_delay: Duration, avoid: Vec<u32>) -> Self {
-        SyntheticBackend {
-            vocab,
-            num_blocks,
-            step_delay,
-            avoid,
-        }
+        SyntheticBackend { vocab, num_blocks, step_delay, avoid }
     }
 
     /// The token that follows `last` at position `pos`.
     pub fn next_token(&self, last: u32, pos: u32) -> u32 {
         let v = self.vocab.max(1) as u64;
-        let mut t = ((last as u64)
-            .wrapping_mul(1_103_515_245)
-            .wrapping_add(12_345 + pos as u64 * 7))
-            % v;
+        let mut t = ((last as u64).wrapping_mul(1_103_515_245).wrapping_add(12_345 + pos as u64 * 7)) % v;
         while self.avoid.contains(&(t as u32)) {
             t = (t + 1) % v;
         }
@@ -41,11 +33,7 @@ impl SyntheticBackend {
 
 impl Backend for SyntheticBackend {
     fn info(&self) -> BackendInfo {
-        BackendInfo {
-            name: "synthetic".into(),
-            device: "none (no model compute)".into(),
-            dtype: "none".into(),
-        }
+        BackendInfo { name: "synthetic".into(), device: "none (no model compute)".into(), dtype: "none".into() }
     }
 
     fn kv_blocks(&self) -> usize {
@@ -68,11 +56,7 @@ impl Backend for SyntheticBackend {
                 let seq = &batch.seqs[s.seq];
                 let last = seq.token_start + seq.num_tokens - 1;
                 let token = self.next_token(batch.token_ids[last], batch.positions[last]);
-                Sampled {
-                    token,
-                    logprob: 0.0,
-                    top: Vec::new(),
-                }
+                Sampled { token, logprob: 0.0, top: Vec::new() }
             })
             .collect())
     }

@@ -22,23 +22,12 @@ pub struct ConvertArgs {
 }
 
 pub fn run(a: ConvertArgs) -> anyhow::Result<()> {
-    let Some(dtype) = DType::parse(&a.dtype) else {
-        bail!("unknown --dtype `{}`; use f16, bf16 or f32", a.dtype)
-    };
+    let Some(dtype) = DType::parse(&a.dtype) else { bail!("unknown --dtype `{}`; use f16, bf16 or f32", a.dtype) };
     let g = GgufFile::open(&a.input)?;
-    let total: u64 = g
-        .tensors
-        .iter()
-        .map(|t| t.numel() as u64 * dtype.size() as u64)
-        .sum();
+    let total: u64 = g.tensors.iter().map(|t| t.numel() as u64 * dtype.size() as u64).sum();
     let pb = super::progress_bar(total, "convert-gguf");
     convert(&g, &a.outdir, dtype, |n| pb.inc(n))?;
     pb.finish_and_clear();
-    eprintln!(
-        "wrote {} ({} tensors, {} weights)",
-        a.outdir.display(),
-        g.tensors.len(),
-        dtype.name()
-    );
+    eprintln!("wrote {} ({} tensors, {} weights)", a.outdir.display(), g.tensors.len(), dtype.name());
     Ok(())
 }

@@ -3,16 +3,14 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 use serde_json::json;
 use tokenfleet_proto::v1;
 
 use crate::backend::cpu::CpuBackend;
-use crate::engine::request::{ModelLimits, validate_worker_request};
-use crate::engine::scheduler::SchedulerConfig;
-use crate::engine::{EngineCore, RequestOutput, Scheduler};
 use crate::model::Model;
+use crate::offline;
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
@@ -20,11 +18,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     model: PathBuf,
     /// Prompt text (tokenized with the model's tokenizer.json, BOS as its post-processor says).
-    #[arg(
-        long,
-        conflicts_with = "prompt_ids",
-        required_unless_present = "prompt_ids"
-    )]
+    #[arg(long, conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
     prompt: Option<String>,
     /// Prompt token ids, comma separated.
     #[arg(long, value_delimiter = ',')]
@@ -70,18 +64,9 @@ pub struct GenerateArgs {
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let model = Model::load(&a.model)?;
     let prompt_ids = match (&a.prompt, &a.prompt_ids) {
-        (Some(text), _) => model
-            .tokenizer
-            .encode(text, true)
-            .map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?,
+        (Some(text), _) => model.tokenizer.encode(text, true).map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?,
         (None, Some(ids)) => ids.clone(),
         (None, None) => bail!("give --prompt or --prompt-ids"),
-    };
-    let cfg = &model.config;
-    let limits = ModelLimits {
-        vocab_size: cfg.vocab_size,
-        max_context: cfg.max_position_embeddings,
-        eos_token_ids: cfg.eos_token_ids.clone(),
     };
     let request = v1::WorkerGenerateRequest {
         request_id: "generate".into(),
@@ -108,59 +93,15 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         priority: 0,
         logprobs: true,
     };
-    let req = validate_worker_request(&request, &limits, rand::random())
-        .map_err(|e| anyhow::anyhow!("invalid request: {e}"))?;
-    let seed = req.seed;
-    let needed_blocks =
-        (prompt_ids.len() + req.max_new_tokens as usize).div_ceil(crate::backend::BLOCK_SIZE);
-    let kv_blocks = a.kv_blocks.unwrap_or(needed_blocks);
+    let kv_blocks = a.kv_blocks.unwrap_or_else(|| offline::blocks_for(prompt_ids.len() + a.max_new_tokens as usize).max(1));
     let backend = CpuBackend::new(&model, kv_blocks);
-    let scheduler = Scheduler::new(
-        SchedulerConfig {
-            max_batch_tokens: 2048,
-            max_running: 1,
-            max_waiting: 1,
-            max_context: limits.max_context,
-            eos_token_ids: limits.eos_token_ids.clone(),
-            block_hash_seed: model.block_hash_seed(),
-        },
-        kv_blocks,
-    );
-    let mut core = EngineCore::new(scheduler, Box::new(backend));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    core.submit(req, tx);
-
-    let mut tokens = Vec::new();
-    let mut logprobs = Vec::new();
-    let mut finish = None;
-    while finish.is_none() {
-        core.step().context("engine step failed")?;
-        while let Ok(out) = rx.try_recv() {
-            match out {
-                RequestOutput::Token { sampled, .. } => {
-                    tokens.push(sampled.token);
-                    logprobs.push(
-                        sampled
-                            .top
-                            .iter()
-                            .map(|(id, lp)| json!({"id": id, "logprob": lp}))
-                            .collect::<Vec<_>>(),
-                    );
-                }
-                RequestOutput::Finished { reason, .. } => finish = Some(reason),
-                RequestOutput::Rejected(e) => bail!("request refused: {e}"),
-                RequestOutput::Failed(e) => bail!("backend failed: {e}"),
-            }
-        }
-        if finish.is_none() && !core.has_work() {
-            bail!("engine stopped without finishing the request");
-        }
-    }
-    let text = model
-        .tokenizer
-        .decode(&tokens, true)
-        .map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
-    let reason = finish.map(|r| r.as_str()).unwrap_or("unspecified");
+    let out = offline::generate(&model, Box::new(backend), &request, rand::random())?;
+    let tokens = out.token_ids();
+    let logprobs: Vec<Vec<serde_json::Value>> =
+        out.tokens.iter().map(|s| s.top.iter().map(|(id, lp)| json!({"id": id, "logprob": lp})).collect()).collect();
+    let seed = out.seed;
+    let reason = out.finish_reason.as_str();
+    let text = model.tokenizer.decode(&tokens, true).map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
     let mut stdout = std::io::stdout().lock();
     if a.json {
         let out = json!({

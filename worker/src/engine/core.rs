@@ -47,11 +47,7 @@ pub struct EngineCore {
 
 impl EngineCore {
     pub fn new(scheduler: Scheduler, backend: Box<dyn Backend>) -> Self {
-        EngineCore {
-            scheduler,
-            backend,
-            outputs: HashMap::new(),
-        }
+        EngineCore { scheduler, backend, outputs: HashMap::new() }
     }
 
     pub fn backend(&self) -> &dyn Backend {
@@ -92,12 +88,7 @@ impl EngineCore {
     /// every request is told, and the error is returned.
     pub fn step(&mut self) -> Result<Option<StepReport>, BackendError> {
         // Requests whose receiver is gone (client dropped the stream) are aborted first.
-        let gone: Vec<String> = self
-            .outputs
-            .iter()
-            .filter(|(_, tx)| tx.is_closed())
-            .map(|(id, _)| id.clone())
-            .collect();
+        let gone: Vec<String> = self.outputs.iter().filter(|(_, tx)| tx.is_closed()).map(|(id, _)| id.clone()).collect();
         for id in gone {
             self.scheduler.abort(&id);
             self.outputs.remove(&id);
@@ -115,17 +106,9 @@ impl EngineCore {
             }
         };
         if sampled.len() != plan.batch.samples.len() {
-            return Err(BackendError::Device(format!(
-                "backend returned {} samples for {} rows",
-                sampled.len(),
-                plan.batch.samples.len()
-            )));
+            return Err(BackendError::Device(format!("backend returned {} samples for {} rows", sampled.len(), plan.batch.samples.len())));
         }
-        let report = StepReport {
-            sequences: plan.batch.seqs.len(),
-            tokens: plan.batch.num_tokens(),
-            sampled: sampled.len(),
-        };
+        let report = StepReport { sequences: plan.batch.seqs.len(), tokens: plan.batch.num_tokens(), sampled: sampled.len() };
         for effect in self.scheduler.resolve(&plan, &sampled) {
             self.dispatch(effect);
         }
@@ -134,33 +117,17 @@ impl EngineCore {
 
     fn dispatch(&mut self, effect: Effect) {
         match effect {
-            Effect::Token {
-                request_id,
-                sampled,
-                first,
-            } => {
-                let alive = self
-                    .outputs
-                    .get(&request_id)
-                    .is_some_and(|tx| tx.send(RequestOutput::Token { sampled, first }).is_ok());
+            Effect::Token { request_id, sampled, first } => {
+                let alive = self.outputs.get(&request_id).is_some_and(|tx| tx.send(RequestOutput::Token { sampled, first }).is_ok());
                 if !alive {
                     // The reader went away mid-step: free its blocks now.
                     self.outputs.remove(&request_id);
                     self.scheduler.abort(&request_id);
                 }
             }
-            Effect::Finished {
-                request_id,
-                reason,
-                usage,
-                timings,
-            } => {
+            Effect::Finished { request_id, reason, usage, timings } => {
                 if let Some(tx) = self.outputs.remove(&request_id) {
-                    let _ = tx.send(RequestOutput::Finished {
-                        reason,
-                        usage,
-                        timings,
-                    });
+                    let _ = tx.send(RequestOutput::Finished { reason, usage, timings });
                 }
             }
         }

@@ -69,8 +69,7 @@ impl Shared {
     }
 
     fn beat(&self) {
-        self.heartbeat_ms
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.heartbeat_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 
@@ -93,10 +92,7 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Starts the engine thread. `command_capacity` bounds the submissions in flight
     /// between the async side and the engine.
-    pub fn spawn(
-        core: EngineCore,
-        command_capacity: usize,
-    ) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
+    pub fn spawn(core: EngineCore, command_capacity: usize) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
         let (tx, rx) = sync_channel(command_capacity.max(1));
         let (events, _) = broadcast::channel(4096);
         let shared = Arc::new(Shared {
@@ -108,17 +104,12 @@ impl EngineHandle {
             events,
         });
         let sh = shared.clone();
-        let join = std::thread::Builder::new()
-            .name("tokenfleet-engine".into())
-            .spawn(move || run_loop(core, rx, sh))?;
+        let join = std::thread::Builder::new().name("tokenfleet-engine".into()).spawn(move || run_loop(core, rx, sh))?;
         Ok((EngineHandle { tx, shared }, join))
     }
 
     /// Submits a request; its outputs arrive on the returned receiver.
-    pub fn submit(
-        &self,
-        req: EngineRequest,
-    ) -> Result<mpsc::UnboundedReceiver<RequestOutput>, SubmitError> {
+    pub fn submit(&self, req: EngineRequest) -> Result<mpsc::UnboundedReceiver<RequestOutput>, SubmitError> {
         let (otx, orx) = mpsc::unbounded_channel();
         match self.tx.try_send(Command::Submit(Box::new(req), otx)) {
             Ok(()) => Ok(orx),
@@ -130,10 +121,7 @@ impl EngineHandle {
     /// Aborts a request; true when the engine knew it.
     pub async fn abort(&self, id: &str) -> bool {
         let (tx, rx) = oneshot::channel();
-        if self
-            .send_blocking_free(Command::Abort(id.to_string(), tx))
-            .is_err()
-        {
+        if self.send_blocking_free(Command::Abort(id.to_string(), tx)).is_err() {
             return false;
         }
         rx.await.unwrap_or(false)
@@ -152,11 +140,7 @@ impl EngineHandle {
     }
 
     pub fn load(&self) -> LoadStats {
-        self.shared
-            .load
-            .lock()
-            .map(|g| g.clone())
-            .unwrap_or_default()
+        self.shared.load.lock().map(|g| g.clone()).unwrap_or_default()
     }
 
     /// Asks the engine thread to stop after its current step.
@@ -202,11 +186,7 @@ fn run_loop(mut core: EngineCore, rx: Receiver<Command>, shared: Arc<Shared>) {
         match core.step() {
             Ok(report) => {
                 let ms = start.elapsed().as_secs_f64() * 1e3;
-                publish(
-                    &mut core,
-                    &shared,
-                    report.map(|r| (r.sequences as u32, r.tokens as u32, ms)),
-                );
+                publish(&mut core, &shared, report.map(|r| (r.sequences as u32, r.tokens as u32, ms)));
             }
             Err(e) => {
                 tracing::error!(error = %e, "backend failed; the engine stops");
@@ -231,10 +211,7 @@ fn handle(core: &mut EngineCore, cmd: Command) -> bool {
         }
         Command::Snapshot(reply) => {
             let b = &core.scheduler.blocks;
-            let _ = reply.send(CacheSnapshot {
-                hashes: b.cached_hashes(),
-                last_event_id: b.last_event_id(),
-            });
+            let _ = reply.send(CacheSnapshot { hashes: b.cached_hashes(), last_event_id: b.last_event_id() });
         }
         Command::Shutdown => return true,
     }

@@ -196,39 +196,25 @@ impl BlockManager {
         let n = self.num_blocks();
         let mut seen = vec![false; n];
         for &b in &self.free {
-            if self.ref_count[b as usize] != 0
-                || self.hash_of[b as usize].is_some()
-                || seen[b as usize]
-            {
-                return Err(format!(
-                    "free block {b} is referenced, hashed or listed twice"
-                ));
+            if self.ref_count[b as usize] != 0 || self.hash_of[b as usize].is_some() || seen[b as usize] {
+                return Err(format!("free block {b} is referenced, hashed or listed twice"));
             }
             seen[b as usize] = true;
         }
         for &b in self.evictable.values() {
-            if self.ref_count[b as usize] != 0
-                || self.hash_of[b as usize].is_none()
-                || seen[b as usize]
-            {
-                return Err(format!(
-                    "evictable block {b} is referenced, unhashed or listed twice"
-                ));
+            if self.ref_count[b as usize] != 0 || self.hash_of[b as usize].is_none() || seen[b as usize] {
+                return Err(format!("evictable block {b} is referenced, unhashed or listed twice"));
             }
             seen[b as usize] = true;
         }
         for (b, s) in seen.iter().enumerate() {
             if !s && self.ref_count[b] == 0 {
-                return Err(format!(
-                    "block {b} has no reference and is on no list (leaked)"
-                ));
+                return Err(format!("block {b} has no reference and is on no list (leaked)"));
             }
         }
         for (h, &b) in &self.cached {
             if self.hash_of[b as usize] != Some(*h) {
-                return Err(format!(
-                    "cache maps {h:x} to block {b} which has another hash"
-                ));
+                return Err(format!("cache maps {h:x} to block {b} which has another hash"));
             }
         }
         Ok(())

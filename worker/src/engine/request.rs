@@ -72,28 +72,17 @@ pub struct EngineRequest {
     pub arrival: Instant,
 }
 
-fn check_range(
-    name: &str,
-    v: f32,
-    lo: f32,
-    lo_inclusive: bool,
-    hi: f32,
-) -> Result<f32, InvalidRequest> {
+fn check_range(name: &str, v: f32, lo: f32, lo_inclusive: bool, hi: f32) -> Result<f32, InvalidRequest> {
     let ok_lo = if lo_inclusive { v >= lo } else { v > lo };
     if v.is_nan() || !ok_lo || v > hi {
         let bracket = if lo_inclusive { '[' } else { '(' };
-        return Err(InvalidRequest(format!(
-            "{name} must be in {bracket}{lo}, {hi}], got {v}"
-        )));
+        return Err(InvalidRequest(format!("{name} must be in {bracket}{lo}, {hi}], got {v}")));
     }
     Ok(v)
 }
 
 /// Checks and fills in sampling parameters (shared with the gateway's validation).
-pub fn sampling_config(
-    p: Option<&v1::SamplingParams>,
-    vocab_size: usize,
-) -> Result<SamplingConfig, InvalidRequest> {
+pub fn sampling_config(p: Option<&v1::SamplingParams>, vocab_size: usize) -> Result<SamplingConfig, InvalidRequest> {
     let mut c = SamplingConfig::default();
     let Some(p) = p else { return Ok(c) };
     if let Some(t) = p.temperature {
@@ -101,9 +90,7 @@ pub fn sampling_config(
     }
     if let Some(k) = p.top_k {
         if k as usize > vocab_size {
-            return Err(InvalidRequest(format!(
-                "top_k must be in [0, {vocab_size}], got {k}"
-            )));
+            return Err(InvalidRequest(format!("top_k must be in [0, {vocab_size}], got {k}")));
         }
         c.top_k = k;
     }
@@ -127,9 +114,7 @@ pub fn sampling_config(
 
 fn check_ids(name: &str, ids: &[u32], vocab: usize) -> Result<(), InvalidRequest> {
     if let Some((i, t)) = ids.iter().enumerate().find(|(_, t)| **t as usize >= vocab) {
-        return Err(InvalidRequest(format!(
-            "{name}[{i}] = {t} is not a token id (vocab_size {vocab})"
-        )));
+        return Err(InvalidRequest(format!("{name}[{i}] = {t} is not a token id (vocab_size {vocab})")));
     }
     Ok(())
 }
@@ -142,9 +127,7 @@ pub fn validate_worker_request(
     default_seed: u64,
 ) -> Result<EngineRequest, InvalidRequest> {
     if r.request_id.is_empty() || r.request_id.len() > MAX_REQUEST_ID_BYTES {
-        return Err(InvalidRequest(format!(
-            "request_id must be 1..={MAX_REQUEST_ID_BYTES} bytes"
-        )));
+        return Err(InvalidRequest(format!("request_id must be 1..={MAX_REQUEST_ID_BYTES} bytes")));
     }
     if r.prompt_ids.is_empty() {
         return Err(InvalidRequest("prompt_ids is empty".into()));
@@ -154,27 +137,14 @@ pub fn validate_worker_request(
     let sampling = sampling_config(r.sampling.as_ref(), limits.vocab_size)?;
     let stopping = r.stopping.clone().unwrap_or_default();
     if stopping.stop_token_ids.len() > MAX_STOP_TOKEN_IDS {
-        return Err(InvalidRequest(format!(
-            "at most {MAX_STOP_TOKEN_IDS} stop_token_ids, got {}",
-            stopping.stop_token_ids.len()
-        )));
+        return Err(InvalidRequest(format!("at most {MAX_STOP_TOKEN_IDS} stop_token_ids, got {}", stopping.stop_token_ids.len())));
     }
-    check_ids(
-        "stop_token_ids",
-        &stopping.stop_token_ids,
-        limits.vocab_size,
-    )?;
+    check_ids("stop_token_ids", &stopping.stop_token_ids, limits.vocab_size)?;
     if r.top_logprobs > MAX_TOP_LOGPROBS {
-        return Err(InvalidRequest(format!(
-            "top_logprobs must be <= {MAX_TOP_LOGPROBS}, got {}",
-            r.top_logprobs
-        )));
+        return Err(InvalidRequest(format!("top_logprobs must be <= {MAX_TOP_LOGPROBS}, got {}", r.top_logprobs)));
     }
     if !(-1000..=1000).contains(&r.priority) {
-        return Err(InvalidRequest(format!(
-            "priority must be in [-1000, 1000], got {}",
-            r.priority
-        )));
+        return Err(InvalidRequest(format!("priority must be in [-1000, 1000], got {}", r.priority)));
     }
     let context = r.prompt_ids.len() + r.generated_ids.len();
     if context >= limits.max_context {
@@ -186,11 +156,7 @@ pub fn validate_worker_request(
         )));
     }
     let room = (limits.max_context - r.prompt_ids.len()) as u64;
-    let max_new = if stopping.max_new_tokens == 0 {
-        room
-    } else {
-        stopping.max_new_tokens as u64
-    };
+    let max_new = if stopping.max_new_tokens == 0 { room } else { stopping.max_new_tokens as u64 };
     if max_new > room {
         return Err(InvalidRequest(format!(
             "prompt ({} tokens) + max_new_tokens ({max_new}) exceeds the model's context of {} tokens",
@@ -199,27 +165,17 @@ pub fn validate_worker_request(
         )));
     }
     if (r.generated_ids.len() as u64) > max_new {
-        return Err(InvalidRequest(format!(
-            "generated_ids ({}) already exceed max_new_tokens ({max_new})",
-            r.generated_ids.len()
-        )));
+        return Err(InvalidRequest(format!("generated_ids ({}) already exceed max_new_tokens ({max_new})", r.generated_ids.len())));
     }
     if stopping.min_new_tokens as u64 > max_new {
-        return Err(InvalidRequest(format!(
-            "min_new_tokens ({}) exceeds max_new_tokens ({max_new})",
-            stopping.min_new_tokens
-        )));
+        return Err(InvalidRequest(format!("min_new_tokens ({}) exceeds max_new_tokens ({max_new})", stopping.min_new_tokens)));
     }
     Ok(EngineRequest {
         id: r.request_id.clone(),
         prompt: r.prompt_ids.clone(),
         generated: r.generated_ids.clone(),
         sampling,
-        seed: r
-            .sampling
-            .as_ref()
-            .and_then(|s| s.seed)
-            .unwrap_or(default_seed),
+        seed: r.sampling.as_ref().and_then(|s| s.seed).unwrap_or(default_seed),
         max_new_tokens: max_new as u32,
         min_new_tokens: stopping.min_new_tokens,
         stop_token_ids: stopping.stop_token_ids,
@@ -236,19 +192,11 @@ mod tests {
     use super::*;
 
     fn limits() -> ModelLimits {
-        ModelLimits {
-            vocab_size: 100,
-            max_context: 64,
-            eos_token_ids: vec![2],
-        }
+        ModelLimits { vocab_size: 100, max_context: 64, eos_token_ids: vec![2] }
     }
 
     fn req() -> v1::WorkerGenerateRequest {
-        v1::WorkerGenerateRequest {
-            request_id: "r".into(),
-            prompt_ids: vec![1, 5, 7],
-            ..Default::default()
-        }
+        v1::WorkerGenerateRequest { request_id: "r".into(), prompt_ids: vec![1, 5, 7], ..Default::default() }
     }
 
     #[test]
@@ -265,113 +213,25 @@ mod tests {
             (Box::new(|r| r.prompt_ids.clear()), "prompt_ids"),
             (Box::new(|r| r.prompt_ids.push(100)), "prompt_ids[3]"),
             (Box::new(|r| r.request_id.clear()), "request_id"),
+            (Box::new(|r| r.sampling = Some(v1::SamplingParams { temperature: Some(f32::NAN), ..Default::default() })), "temperature"),
+            (Box::new(|r| r.sampling = Some(v1::SamplingParams { temperature: Some(-1.0), ..Default::default() })), "temperature"),
+            (Box::new(|r| r.sampling = Some(v1::SamplingParams { top_p: Some(0.0), ..Default::default() })), "top_p"),
+            (Box::new(|r| r.sampling = Some(v1::SamplingParams { top_p: Some(1.5), ..Default::default() })), "top_p"),
+            (Box::new(|r| r.sampling = Some(v1::SamplingParams { top_k: Some(101), ..Default::default() })), "top_k"),
+            (Box::new(|r| r.sampling = Some(v1::SamplingParams { min_p: Some(2.0), ..Default::default() })), "min_p"),
             (
-                Box::new(|r| {
-                    r.sampling = Some(v1::SamplingParams {
-                        temperature: Some(f32::NAN),
-                        ..Default::default()
-                    })
-                }),
-                "temperature",
-            ),
-            (
-                Box::new(|r| {
-                    r.sampling = Some(v1::SamplingParams {
-                        temperature: Some(-1.0),
-                        ..Default::default()
-                    })
-                }),
-                "temperature",
-            ),
-            (
-                Box::new(|r| {
-                    r.sampling = Some(v1::SamplingParams {
-                        top_p: Some(0.0),
-                        ..Default::default()
-                    })
-                }),
-                "top_p",
-            ),
-            (
-                Box::new(|r| {
-                    r.sampling = Some(v1::SamplingParams {
-                        top_p: Some(1.5),
-                        ..Default::default()
-                    })
-                }),
-                "top_p",
-            ),
-            (
-                Box::new(|r| {
-                    r.sampling = Some(v1::SamplingParams {
-                        top_k: Some(101),
-                        ..Default::default()
-                    })
-                }),
-                "top_k",
-            ),
-            (
-                Box::new(|r| {
-                    r.sampling = Some(v1::SamplingParams {
-                        min_p: Some(2.0),
-                        ..Default::default()
-                    })
-                }),
-                "min_p",
-            ),
-            (
-                Box::new(|r| {
-                    r.sampling = Some(v1::SamplingParams {
-                        repetition_penalty: Some(0.0),
-                        ..Default::default()
-                    })
-                }),
+                Box::new(|r| r.sampling = Some(v1::SamplingParams { repetition_penalty: Some(0.0), ..Default::default() })),
                 "repetition_penalty",
             ),
+            (Box::new(|r| r.sampling = Some(v1::SamplingParams { presence_penalty: Some(3.0), ..Default::default() })), "presence_penalty"),
             (
-                Box::new(|r| {
-                    r.sampling = Some(v1::SamplingParams {
-                        presence_penalty: Some(3.0),
-                        ..Default::default()
-                    })
-                }),
-                "presence_penalty",
-            ),
-            (
-                Box::new(|r| {
-                    r.sampling = Some(v1::SamplingParams {
-                        frequency_penalty: Some(-3.0),
-                        ..Default::default()
-                    })
-                }),
+                Box::new(|r| r.sampling = Some(v1::SamplingParams { frequency_penalty: Some(-3.0), ..Default::default() })),
                 "frequency_penalty",
             ),
+            (Box::new(|r| r.stopping = Some(v1::StoppingCriteria { max_new_tokens: 62, ..Default::default() })), "max_new_tokens"),
+            (Box::new(|r| r.stopping = Some(v1::StoppingCriteria { stop_token_ids: vec![1; 65], ..Default::default() })), "stop_token_ids"),
             (
-                Box::new(|r| {
-                    r.stopping = Some(v1::StoppingCriteria {
-                        max_new_tokens: 62,
-                        ..Default::default()
-                    })
-                }),
-                "max_new_tokens",
-            ),
-            (
-                Box::new(|r| {
-                    r.stopping = Some(v1::StoppingCriteria {
-                        stop_token_ids: vec![1; 65],
-                        ..Default::default()
-                    })
-                }),
-                "stop_token_ids",
-            ),
-            (
-                Box::new(|r| {
-                    r.stopping = Some(v1::StoppingCriteria {
-                        max_new_tokens: 3,
-                        min_new_tokens: 4,
-                        ..Default::default()
-                    })
-                }),
+                Box::new(|r| r.stopping = Some(v1::StoppingCriteria { max_new_tokens: 3, min_new_tokens: 4, ..Default::default() })),
                 "min_new_tokens",
             ),
             (Box::new(|r| r.top_logprobs = 21), "top_logprobs"),

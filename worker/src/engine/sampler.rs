@@ -49,17 +49,12 @@ impl Default for SamplingConfig {
 
 impl SamplingConfig {
     pub fn greedy() -> Self {
-        SamplingConfig {
-            temperature: 0.0,
-            ..Default::default()
-        }
+        SamplingConfig { temperature: 0.0, ..Default::default() }
     }
 
     /// Whether any penalty changes logits (so the engine must pass token statistics).
     pub fn has_penalties(&self) -> bool {
-        self.repetition_penalty != 1.0
-            || self.presence_penalty != 0.0
-            || self.frequency_penalty != 0.0
+        self.repetition_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
     }
 }
 
@@ -141,19 +136,11 @@ pub fn top_n(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
 
 /// ln Σ exp(l): max-shifted, summed in f64 in id order.
 pub fn logsumexp(logits: &[f32]) -> f32 {
-    let m = logits
-        .iter()
-        .copied()
-        .filter(|v| !v.is_nan())
-        .fold(f32::NEG_INFINITY, f32::max);
+    let m = logits.iter().copied().filter(|v| !v.is_nan()).fold(f32::NEG_INFINITY, f32::max);
     if m == f32::NEG_INFINITY {
         return m;
     }
-    let s: f64 = logits
-        .iter()
-        .filter(|v| !v.is_nan())
-        .map(|&v| ((v - m) as f64).exp())
-        .sum();
+    let s: f64 = logits.iter().filter(|v| !v.is_nan()).map(|&v| ((v - m) as f64).exp()).sum();
     (m as f64 + s.ln()) as f32
 }
 
@@ -163,10 +150,7 @@ pub fn sample(raw: &[f32], spec: &SampleSpec, scratch: &mut Vec<f32>) -> Sampled
     let lse = logsumexp(raw);
     let logprob_of = |id: u32| raw[id as usize] - lse;
     let top: Vec<(u32, f32)> = if spec.top_logprobs > 0 {
-        top_n(raw, spec.top_logprobs as usize)
-            .into_iter()
-            .map(|(i, _)| (i, logprob_of(i)))
-            .collect()
+        top_n(raw, spec.top_logprobs as usize).into_iter().map(|(i, _)| (i, logprob_of(i))).collect()
     } else {
         Vec::new()
     };
@@ -177,17 +161,9 @@ pub fn sample(raw: &[f32], spec: &SampleSpec, scratch: &mut Vec<f32>) -> Sampled
         scratch.clear();
         scratch.extend_from_slice(raw);
         process_logits(scratch, spec);
-        if cfg.temperature == 0.0 {
-            argmax(scratch)
-        } else {
-            draw(scratch, spec)
-        }
+        if cfg.temperature == 0.0 { argmax(scratch) } else { draw(scratch, spec) }
     };
-    Sampled {
-        token,
-        logprob: logprob_of(token),
-        top,
-    }
+    Sampled { token, logprob: logprob_of(token), top }
 }
 
 /// Penalties and suppression, in place.
@@ -198,11 +174,7 @@ fn process_logits(l: &mut [f32], spec: &SampleSpec) {
             continue;
         };
         if cfg.repetition_penalty != 1.0 {
-            *v = if *v > 0.0 {
-                *v / cfg.repetition_penalty
-            } else {
-                *v * cfg.repetition_penalty
-            };
+            *v = if *v > 0.0 { *v / cfg.repetition_penalty } else { *v * cfg.repetition_penalty };
         }
         if e.output_count > 0 {
             *v -= cfg.presence_penalty + cfg.frequency_penalty * e.output_count as f32;
@@ -235,13 +207,7 @@ fn draw(l: &mut [f32], spec: &SampleSpec) -> u32 {
     }
     let lmax = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
     if cfg.top_p < 1.0 {
-        cand.sort_by(|a, b| {
-            if ranks_before(a.1, a.0, b.1, b.0) {
-                std::cmp::Ordering::Less
-            } else {
-                std::cmp::Ordering::Greater
-            }
-        });
+        cand.sort_by(|a, b| if ranks_before(a.1, a.0, b.1, b.0) { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater });
         let probs: Vec<f64> = cand.iter().map(|c| ((c.1 - lmax) as f64).exp()).collect();
         let z: f64 = probs.iter().sum();
         let mut cum = 0.0;
@@ -276,15 +242,7 @@ mod tests {
     use super::*;
 
     fn spec(config: SamplingConfig) -> SampleSpec {
-        SampleSpec {
-            seq: 0,
-            config,
-            seed: 1234,
-            token_index: 0,
-            penalties: vec![],
-            suppress: vec![],
-            top_logprobs: 0,
-        }
+        SampleSpec { seq: 0, config, seed: 1234, token_index: 0, penalties: vec![], suppress: vec![], top_logprobs: 0 }
     }
 
     #[test]
@@ -296,35 +254,16 @@ mod tests {
         assert_eq!(out.token, 1);
         let lse = (1f64.exp() + 2.0 * 3f64.exp() + (-2f64).exp()).ln() as f32;
         assert!((out.logprob - (3.0 - lse)).abs() < 1e-6);
-        assert_eq!(
-            out.top.iter().map(|t| t.0).collect::<Vec<_>>(),
-            vec![1, 2, 0]
-        );
+        assert_eq!(out.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2, 0]);
     }
 
     #[test]
     fn penalties_follow_the_definition() {
         let logits = [2.0, -2.0, 1.0, 1.5];
-        let mut s = spec(SamplingConfig {
-            repetition_penalty: 2.0,
-            presence_penalty: 0.25,
-            frequency_penalty: 0.5,
-            ..SamplingConfig::greedy()
-        });
-        s.penalties = vec![
-            PenaltyEntry {
-                id: 0,
-                output_count: 0,
-            },
-            PenaltyEntry {
-                id: 1,
-                output_count: 2,
-            },
-            PenaltyEntry {
-                id: 3,
-                output_count: 1,
-            },
-        ];
+        let mut s =
+            spec(SamplingConfig { repetition_penalty: 2.0, presence_penalty: 0.25, frequency_penalty: 0.5, ..SamplingConfig::greedy() });
+        s.penalties =
+            vec![PenaltyEntry { id: 0, output_count: 0 }, PenaltyEntry { id: 1, output_count: 2 }, PenaltyEntry { id: 3, output_count: 1 }];
         let mut l = logits.to_vec();
         process_logits(&mut l, &s);
         assert_eq!(l, vec![1.0, -4.0 - 0.25 - 1.0, 1.0, 0.75 - 0.75]);
@@ -335,18 +274,12 @@ mod tests {
     #[test]
     fn suppression_and_top_k_restrict_the_draw() {
         let logits = [5.0, 4.9, 4.8, 0.0, -1.0];
-        let mut s = spec(SamplingConfig {
-            top_k: 2,
-            ..Default::default()
-        });
+        let mut s = spec(SamplingConfig { top_k: 2, ..Default::default() });
         s.suppress = vec![0];
         for seed in 0..200 {
             s.seed = seed;
             let t = sample(&logits, &s, &mut Vec::new()).token;
-            assert!(
-                t == 1 || t == 2,
-                "top-2 after suppressing 0 leaves {{1,2}}, got {t}"
-            );
+            assert!(t == 1 || t == 2, "top-2 after suppressing 0 leaves {{1,2}}, got {t}");
         }
     }
 
@@ -354,23 +287,14 @@ mod tests {
     fn top_p_and_min_p_cut_the_tail() {
         // probs ≈ [0.64, 0.24, 0.09, 0.03]
         let logits = [2.0, 1.0, 0.0, -1.0];
-        let mut s = spec(SamplingConfig {
-            top_p: 0.8,
-            ..Default::default()
-        });
+        let mut s = spec(SamplingConfig { top_p: 0.8, ..Default::default() });
         let mut seen = [0; 4];
         for seed in 0..500 {
             s.seed = seed;
             seen[sample(&logits, &s, &mut Vec::new()).token as usize] += 1;
         }
-        assert!(
-            seen[0] > 0 && seen[1] > 0 && seen[2] == 0 && seen[3] == 0,
-            "{seen:?}"
-        );
-        let mut s = spec(SamplingConfig {
-            min_p: 0.3,
-            ..Default::default()
-        });
+        assert!(seen[0] > 0 && seen[1] > 0 && seen[2] == 0 && seen[3] == 0, "{seen:?}");
+        let mut s = spec(SamplingConfig { min_p: 0.3, ..Default::default() });
         let mut seen = [0; 4];
         for seed in 0..500 {
             s.seed = seed;
@@ -398,13 +322,7 @@ mod tests {
     #[test]
     fn draws_are_keyed_by_seed_and_index_only() {
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.1).sin()).collect();
-        let s = SampleSpec {
-            token_index: 7,
-            ..spec(SamplingConfig {
-                temperature: 0.7,
-                ..Default::default()
-            })
-        };
+        let s = SampleSpec { token_index: 7, ..spec(SamplingConfig { temperature: 0.7, ..Default::default() }) };
         let a = sample(&logits, &s, &mut Vec::new());
         let b = sample(&logits, &s, &mut vec![9.0; 3]);
         assert_eq!(a, b);

@@ -55,18 +55,9 @@ pub struct StepPlan {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// A new token of a request.
-    Token {
-        request_id: String,
-        sampled: Sampled,
-        first: bool,
-    },
+    Token { request_id: String, sampled: Sampled, first: bool },
     /// A request ended; its blocks are already released.
-    Finished {
-        request_id: String,
-        reason: FinishReason,
-        usage: UsageInfo,
-        timings: TimingInfo,
-    },
+    Finished { request_id: String, reason: FinishReason, usage: UsageInfo, timings: TimingInfo },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -161,18 +152,14 @@ impl Scheduler {
         }
         let needed = (req.prompt.len() + req.max_new_tokens as usize).div_ceil(BLOCK_SIZE);
         if needed > self.blocks.num_blocks() {
-            return Err(AdmitError::TooLarge {
-                needed,
-                total: self.blocks.num_blocks(),
-            });
+            return Err(AdmitError::TooLarge { needed, total: self.blocks.num_blocks() });
         }
         if !req.generated.is_empty() {
             self.counters.resumed += 1;
         }
         let no = self.next_arrival;
         self.next_arrival += 1;
-        self.waiting
-            .insert((req.priority, no), Sequence::new(req, no));
+        self.waiting.insert((req.priority, no), Sequence::new(req, no));
         Ok(())
     }
 
@@ -192,10 +179,7 @@ impl Scheduler {
         seq.reset_for_recompute();
         self.counters.finished += 1;
         let now = Instant::now();
-        let ms = |t: Option<Instant>| {
-            t.map(|t| t.duration_since(seq.req.arrival).as_secs_f64() * 1e3)
-                .unwrap_or(0.0)
-        };
+        let ms = |t: Option<Instant>| t.map(|t| t.duration_since(seq.req.arrival).as_secs_f64() * 1e3).unwrap_or(0.0);
         Effect::Finished {
             request_id: seq.req.id.clone(),
             reason,
@@ -204,11 +188,7 @@ impl Scheduler {
                 completion_tokens: seq.generated() as u32,
                 cached_prompt_tokens: seq.cached_prompt_tokens as u32,
             },
-            timings: TimingInfo {
-                queue_ms: ms(seq.first_scheduled),
-                first_token_ms: ms(seq.first_token),
-                total_ms: ms(Some(now)),
-            },
+            timings: TimingInfo { queue_ms: ms(seq.first_scheduled), first_token_ms: ms(seq.first_token), total_ms: ms(Some(now)) },
         }
     }
 
@@ -226,26 +206,15 @@ impl Scheduler {
     /// Plans the next step, or None when there is nothing to run.
     pub fn schedule(&mut self) -> Option<StepPlan> {
         let mut budget = self.cfg.max_batch_tokens;
-        let mut plan = StepPlan {
-            batch: StepBatch::default(),
-            entries: Vec::new(),
-            preempted: Vec::new(),
-        };
+        let mut plan = StepPlan { batch: StepBatch::default(), entries: Vec::new(), preempted: Vec::new() };
 
         // Running sequences, oldest first. A running prefill may not take the budget that
         // the decodes behind it need.
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
-            let decodes_behind = self.running[i + 1..]
-                .iter()
-                .filter(|s| s.pending() == 1)
-                .count();
+            let decodes_behind = self.running[i + 1..].iter().filter(|s| s.pending() == 1).count();
             let pending = self.running[i].pending();
-            let allowance = if pending == 1 {
-                budget
-            } else {
-                budget.saturating_sub(decodes_behind)
-            };
+            let allowance = if pending == 1 { budget } else { budget.saturating_sub(decodes_behind) };
             let n = pending.min(allowance);
             if n == 0 {
                 i += 1;
@@ -301,8 +270,7 @@ impl Scheduler {
             if !seq.admitted_once {
                 seq.admitted_once = true;
                 seq.cached_prompt_tokens = hit_tokens.min(seq.prompt_len);
-                self.blocks
-                    .record_lookup(seq.prompt_len, seq.cached_prompt_tokens);
+                self.blocks.record_lookup(seq.prompt_len, seq.cached_prompt_tokens);
                 self.counters.prompt_tokens += seq.prompt_len as u64;
             }
             seq.registered = hit.len();
@@ -330,8 +298,7 @@ impl Scheduler {
         for pos in start..start + n {
             b.token_ids.push(seq.tokens[pos]);
             b.positions.push(pos as u32);
-            b.slot_mapping
-                .push(seq.blocks[pos / BLOCK_SIZE] * BLOCK_SIZE as u32 + (pos % BLOCK_SIZE) as u32);
+            b.slot_mapping.push(seq.blocks[pos / BLOCK_SIZE] * BLOCK_SIZE as u32 + (pos % BLOCK_SIZE) as u32);
         }
         let context_len = start + n;
         let seq_index = b.seqs.len();
@@ -345,12 +312,7 @@ impl Scheduler {
             b.samples.push(seq.sample_spec(seq_index, eos));
             b.samples.len() - 1
         });
-        plan.entries.push(PlanEntry {
-            arrival_no: seq.arrival_no,
-            num_tokens: n,
-            sample,
-            cached_tokens,
-        });
+        plan.entries.push(PlanEntry { arrival_no: seq.arrival_no, num_tokens: n, sample, cached_tokens });
     }
 
     /// Applies a step's results: advances computed tokens, registers newly full blocks in
@@ -360,11 +322,7 @@ impl Scheduler {
         let mut done: Vec<(u64, FinishReason)> = Vec::new();
         let seed = self.cfg.block_hash_seed;
         for entry in &plan.entries {
-            let Some(seq) = self
-                .running
-                .iter_mut()
-                .find(|s| s.arrival_no == entry.arrival_no)
-            else {
+            let Some(seq) = self.running.iter_mut().find(|s| s.arrival_no == entry.arrival_no) else {
                 continue;
             };
             seq.num_computed += entry.num_tokens;
@@ -384,18 +342,12 @@ impl Scheduler {
             }
             seq.push_token(s.token);
             self.counters.generated_tokens += 1;
-            effects.push(Effect::Token {
-                request_id: seq.req.id.clone(),
-                sampled: s.clone(),
-                first,
-            });
+            effects.push(Effect::Token { request_id: seq.req.id.clone(), sampled: s.clone(), first });
             let reason = if seq.req.stop_token_ids.contains(&s.token) {
                 Some(FinishReason::StopToken)
             } else if !seq.req.ignore_eos && self.cfg.eos_token_ids.contains(&s.token) {
                 Some(FinishReason::Eos)
-            } else if seq.generated() >= seq.req.max_new_tokens as usize
-                || seq.tokens.len() >= self.cfg.max_context
-            {
+            } else if seq.generated() >= seq.req.max_new_tokens as usize || seq.tokens.len() >= self.cfg.max_context {
                 Some(FinishReason::Length)
             } else {
                 None

@@ -77,19 +77,14 @@ impl Sequence {
         while self.hashes.len() < n {
             let b = self.hashes.len();
             let parent = if b == 0 { seed } else { self.hashes[b - 1] };
-            self.hashes.push(block_hash::chain(
-                parent,
-                &self.tokens[b * BLOCK_SIZE..(b + 1) * BLOCK_SIZE],
-            ));
+            self.hashes.push(block_hash::chain(parent, &self.tokens[b * BLOCK_SIZE..(b + 1) * BLOCK_SIZE]));
         }
         &self.hashes[..n]
     }
 
     /// Blocks needed to hold `tokens` tokens beyond those already owned.
     pub fn blocks_short_of(&self, tokens: usize) -> usize {
-        tokens
-            .div_ceil(BLOCK_SIZE)
-            .saturating_sub(self.blocks.len())
+        tokens.div_ceil(BLOCK_SIZE).saturating_sub(self.blocks.len())
     }
 
     /// Appends a sampled token.
@@ -118,11 +113,7 @@ impl Sequence {
             penalties: self
                 .penalty_counts
                 .as_ref()
-                .map(|m| {
-                    m.iter()
-                        .map(|(&id, &output_count)| PenaltyEntry { id, output_count })
-                        .collect()
-                })
+                .map(|m| m.iter().map(|(&id, &output_count)| PenaltyEntry { id, output_count }).collect())
                 .unwrap_or_default(),
             suppress,
             top_logprobs: self.req.top_logprobs,

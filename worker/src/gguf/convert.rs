@@ -23,46 +23,25 @@ pub enum ConvertError {
 }
 
 fn err(g: &GgufFile, m: impl Into<String>) -> ConvertError {
-    ConvertError::Gguf(GgufError {
-        path: g.path.clone(),
-        message: m.into(),
-    })
+    ConvertError::Gguf(GgufError { path: g.path.clone(), message: m.into() })
 }
 
 fn meta_u64(g: &GgufFile, key: &str) -> Result<u64, ConvertError> {
-    g.get(key)
-        .and_then(Value::as_u64)
-        .ok_or_else(|| err(g, format!("missing or non-integer metadata `{key}`")))
+    g.get(key).and_then(Value::as_u64).ok_or_else(|| err(g, format!("missing or non-integer metadata `{key}`")))
 }
 
 /// The HF config.json equivalent of a llama GGUF's metadata.
 pub fn config_json(g: &GgufFile, torch_dtype: &str) -> Result<Json, ConvertError> {
-    let arch = g
-        .get("general.architecture")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let arch = g.get("general.architecture").and_then(Value::as_str).unwrap_or("");
     if arch != "llama" {
-        return Err(err(
-            g,
-            format!("general.architecture = \"{arch}\": only llama is supported"),
-        ));
+        return Err(err(g, format!("general.architecture = \"{arch}\": only llama is supported")));
     }
-    if g.tensor("rope_freqs.weight").is_some()
-        || g.get("llama.rope.scaling.type")
-            .and_then(Value::as_str)
-            .is_some_and(|t| t != "none")
-    {
-        return Err(err(
-            g,
-            "unsupported: rope scaling in GGUF (rope_freqs / llama.rope.scaling.*) cannot be mapped to a config yet",
-        ));
+    if g.tensor("rope_freqs.weight").is_some() || g.get("llama.rope.scaling.type").and_then(Value::as_str).is_some_and(|t| t != "none") {
+        return Err(err(g, "unsupported: rope scaling in GGUF (rope_freqs / llama.rope.scaling.*) cannot be mapped to a config yet"));
     }
     let hidden = meta_u64(g, "llama.embedding_length")?;
     let heads = meta_u64(g, "llama.attention.head_count")?;
-    let kv_heads = g
-        .get("llama.attention.head_count_kv")
-        .and_then(Value::as_u64)
-        .unwrap_or(heads);
+    let kv_heads = g.get("llama.attention.head_count_kv").and_then(Value::as_u64).unwrap_or(heads);
     let head_dim = g
         .get("llama.attention.key_length")
         .or_else(|| g.get("llama.rope.dimension_count"))
@@ -70,11 +49,7 @@ pub fn config_json(g: &GgufFile, torch_dtype: &str) -> Result<Json, ConvertError
         .unwrap_or(if heads > 0 { hidden / heads } else { 0 });
     let vocab = match g.get("llama.vocab_size").and_then(Value::as_u64) {
         Some(v) => v,
-        None => g
-            .get("tokenizer.ggml.tokens")
-            .and_then(Value::as_array)
-            .map(|a| a.len() as u64)
-            .ok_or_else(|| err(g, "no vocab size"))?,
+        None => g.get("tokenizer.ggml.tokens").and_then(Value::as_array).map(|a| a.len() as u64).ok_or_else(|| err(g, "no vocab size"))?,
     };
     let tied = g.tensor("output.weight").is_none();
     let mut cfg = json!({
@@ -145,8 +120,7 @@ pub fn unpermute_rows(src: &[f32], heads: usize, cols: usize) -> Vec<f32> {
             for j in 0..2 {
                 let from = h * d + 2 * i + j;
                 let to = h * d + j * half + i;
-                out[to * cols..(to + 1) * cols]
-                    .copy_from_slice(&src[from * cols..(from + 1) * cols]);
+                out[to * cols..(to + 1) * cols].copy_from_slice(&src[from * cols..(from + 1) * cols]);
             }
         }
     }
@@ -154,12 +128,7 @@ pub fn unpermute_rows(src: &[f32], heads: usize, cols: usize) -> Vec<f32> {
 }
 
 /// Writes the HF directory for `g` into `outdir`. `on_bytes` reports progress.
-pub fn convert(
-    g: &GgufFile,
-    outdir: &Path,
-    dtype: DType,
-    mut on_bytes: impl FnMut(u64),
-) -> Result<(), ConvertError> {
+pub fn convert(g: &GgufFile, outdir: &Path, dtype: DType, mut on_bytes: impl FnMut(u64)) -> Result<(), ConvertError> {
     let torch_dtype = match dtype {
         DType::BF16 => "bfloat16",
         DType::F16 => "float16",
@@ -184,26 +153,14 @@ pub fn convert(
     let manifest = llama::tensor_manifest(&cfg);
     let mut sources: Vec<(&TensorInfo, Option<usize>)> = Vec::with_capacity(manifest.len());
     for (name, shape) in &manifest {
-        let (gname, perm) = source_of(name, &cfg)
-            .ok_or_else(|| err(g, format!("internal: no GGUF name for `{name}`")))?;
-        let t = g
-            .tensor(&gname)
-            .ok_or_else(|| err(g, format!("missing tensor `{gname}` (for {name})")))?;
+        let (gname, perm) = source_of(name, &cfg).ok_or_else(|| err(g, format!("internal: no GGUF name for `{name}`")))?;
+        let t = g.tensor(&gname).ok_or_else(|| err(g, format!("missing tensor `{gname}` (for {name})")))?;
         if t.torch_shape() != *shape {
-            return Err(err(
-                g,
-                format!(
-                    "tensor `{gname}` has shape {:?}, expected {shape:?} for {name}",
-                    t.torch_shape()
-                ),
-            ));
+            return Err(err(g, format!("tensor `{gname}` has shape {:?}, expected {shape:?} for {name}", t.torch_shape())));
         }
         sources.push((t, perm));
     }
-    let specs: Vec<TensorSpec> = manifest
-        .into_iter()
-        .map(|(name, shape)| TensorSpec { name, dtype, shape })
-        .collect();
+    let specs: Vec<TensorSpec> = manifest.into_iter().map(|(name, shape)| TensorSpec { name, dtype, shape }).collect();
     write_checkpoint(
         outdir,
         &specs,
@@ -237,8 +194,7 @@ mod tests {
                 for i in 0..d / 2 {
                     let src = h * d + j * (d / 2) + i; // [h][j][i]
                     let dst = h * d + i * 2 + j; // [h][i][j]
-                    permuted[dst * cols..(dst + 1) * cols]
-                        .copy_from_slice(&orig[src * cols..(src + 1) * cols]);
+                    permuted[dst * cols..(dst + 1) * cols].copy_from_slice(&orig[src * cols..(src + 1) * cols]);
                 }
             }
         }

@@ -139,17 +139,10 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn err(&self, m: impl Into<String>) -> GgufError {
-        GgufError {
-            path: self.path.to_path_buf(),
-            message: format!("{} (at byte {})", m.into(), self.pos),
-        }
+        GgufError { path: self.path.to_path_buf(), message: format!("{} (at byte {})", m.into(), self.pos) }
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8], GgufError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|e| *e <= self.buf.len())
-            .ok_or_else(|| self.err("file is truncated"))?;
+        let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len()).ok_or_else(|| self.err("file is truncated"))?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -214,26 +207,17 @@ impl<'a> Cursor<'a> {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self, GgufError> {
-        let err = |m: String| GgufError {
-            path: path.to_path_buf(),
-            message: m,
-        };
+        let err = |m: String| GgufError { path: path.to_path_buf(), message: m };
         let f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
         // SAFETY: read-only private map of a file we do not modify.
         let map = unsafe { Mmap::map(&f) }.map_err(|e| err(e.to_string()))?;
-        let mut c = Cursor {
-            buf: &map,
-            pos: 0,
-            path,
-        };
+        let mut c = Cursor { buf: &map, pos: 0, path };
         if c.take(4)? != b"GGUF" {
             return Err(err("not a GGUF file (bad magic)".into()));
         }
         let version = c.u32()?;
         if !(2..=3).contains(&version) {
-            return Err(err(format!(
-                "GGUF version {version} is not supported (2 or 3)"
-            )));
+            return Err(err(format!("GGUF version {version} is not supported (2 or 3)")));
         }
         let n_tensors = c.u64()?;
         let n_kv = c.u64()?;
@@ -253,50 +237,31 @@ impl GgufFile {
             }
             let dims = (0..nd).map(|_| c.u64()).collect::<Result<Vec<_>, _>>()?;
             let ty_id = c.u32()?;
-            let ty = GgmlType::from_id(ty_id).ok_or_else(|| c.err(format!("tensor `{name}` has ggml type {ty_id}, which is not supported (F32, F16, BF16, Q4_0, Q4_1, Q8_0)")))?;
+            let ty = GgmlType::from_id(ty_id).ok_or_else(|| {
+                c.err(format!("tensor `{name}` has ggml type {ty_id}, which is not supported (F32, F16, BF16, Q4_0, Q4_1, Q8_0)"))
+            })?;
             let offset = c.u64()?;
             raw.push((name, dims, ty, offset));
         }
-        let align = metadata
-            .get("general.alignment")
-            .and_then(Value::as_u64)
-            .unwrap_or(32)
-            .max(1) as usize;
+        let align = metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(32).max(1) as usize;
         let data_start = c.pos.div_ceil(align) * align;
         let mut tensors = Vec::new();
         for (name, dims, ty, offset) in raw {
-            let numel = dims
-                .iter()
-                .try_fold(1u64, |a, d| a.checked_mul(*d))
-                .ok_or_else(|| err(format!("tensor `{name}` size overflows")))?
-                as usize;
+            let numel =
+                dims.iter().try_fold(1u64, |a, d| a.checked_mul(*d)).ok_or_else(|| err(format!("tensor `{name}` size overflows")))?
+                    as usize;
             let (be, bb) = ty.block();
             if numel % be != 0 {
-                return Err(err(format!(
-                    "tensor `{name}` has {numel} elements, not a multiple of its block size {be}"
-                )));
+                return Err(err(format!("tensor `{name}` has {numel} elements, not a multiple of its block size {be}")));
             }
             let start = data_start + offset as usize;
             let end = start + numel / be * bb;
             if end > map.len() {
-                return Err(err(format!(
-                    "tensor `{name}` extends past the end of the file (truncated?)"
-                )));
+                return Err(err(format!("tensor `{name}` extends past the end of the file (truncated?)")));
             }
-            tensors.push(TensorInfo {
-                name,
-                dims,
-                ty,
-                start,
-                end,
-            });
+            tensors.push(TensorInfo { name, dims, ty, start, end });
         }
-        Ok(GgufFile {
-            path: path.to_path_buf(),
-            metadata,
-            tensors,
-            map,
-        })
+        Ok(GgufFile { path: path.to_path_buf(), metadata, tensors, map })
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {

@@ -12,47 +12,24 @@ const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
 fn meta_err(g: &GgufFile, m: impl Into<String>) -> GgufError {
-    GgufError {
-        path: g.path.clone(),
-        message: m.into(),
-    }
+    GgufError { path: g.path.clone(), message: m.into() }
 }
 
 /// The tokenizer.json text for a GGUF's vocabulary.
 pub fn tokenizer_json(g: &GgufFile) -> Result<Json, GgufError> {
-    let model = g
-        .get("tokenizer.ggml.model")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let model = g.get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("");
     if model != "gpt2" {
-        return Err(meta_err(
-            g,
-            format!(
-                "tokenizer.ggml.model = \"{model}\": only byte-level BPE (gpt2) vocabularies can be rebuilt"
-            ),
-        ));
+        return Err(meta_err(g, format!("tokenizer.ggml.model = \"{model}\": only byte-level BPE (gpt2) vocabularies can be rebuilt")));
     }
     let tokens: Vec<&str> = g
         .get("tokenizer.ggml.tokens")
         .and_then(Value::as_array)
         .ok_or_else(|| meta_err(g, "missing tokenizer.ggml.tokens"))?
         .iter()
-        .map(|v| {
-            v.as_str()
-                .ok_or_else(|| meta_err(g, "tokenizer.ggml.tokens holds a non-string"))
-        })
+        .map(|v| v.as_str().ok_or_else(|| meta_err(g, "tokenizer.ggml.tokens holds a non-string")))
         .collect::<Result<_, _>>()?;
     let types: Vec<i64> = match g.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
-        Some(a) => a
-            .iter()
-            .map(|v| {
-                if let Value::I64(i) = v {
-                    *i
-                } else {
-                    v.as_u64().unwrap_or(1) as i64
-                }
-            })
-            .collect(),
+        Some(a) => a.iter().map(|v| if let Value::I64(i) = v { *i } else { v.as_u64().unwrap_or(1) as i64 }).collect(),
         None => vec![1; tokens.len()],
     };
     let merges: Vec<Json> = g
@@ -61,12 +38,8 @@ pub fn tokenizer_json(g: &GgufFile) -> Result<Json, GgufError> {
         .ok_or_else(|| meta_err(g, "missing tokenizer.ggml.merges"))?
         .iter()
         .map(|v| {
-            let s = v
-                .as_str()
-                .ok_or_else(|| meta_err(g, "tokenizer.ggml.merges holds a non-string"))?;
-            let (a, b) = s.split_once(' ').ok_or_else(|| {
-                meta_err(g, format!("merge `{s}` is not two space-separated parts"))
-            })?;
+            let s = v.as_str().ok_or_else(|| meta_err(g, "tokenizer.ggml.merges holds a non-string"))?;
+            let (a, b) = s.split_once(' ').ok_or_else(|| meta_err(g, format!("merge `{s}` is not two space-separated parts")))?;
             Ok(json!([a, b]))
         })
         .collect::<Result<_, GgufError>>()?;
@@ -83,17 +56,12 @@ pub fn tokenizer_json(g: &GgufFile) -> Result<Json, GgufError> {
             }));
         }
     }
-    let add_bos = g
-        .get("tokenizer.ggml.add_bos_token")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let add_bos = g.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false);
     let bos = g.get("tokenizer.ggml.bos_token_id").and_then(Value::as_u64);
     let post_processor = match (add_bos, bos) {
         (true, Some(b)) => {
-            let bos_tok = tokens
-                .get(b as usize)
-                .copied()
-                .ok_or_else(|| meta_err(g, format!("bos_token_id {b} is not in the vocabulary")))?;
+            let bos_tok =
+                tokens.get(b as usize).copied().ok_or_else(|| meta_err(g, format!("bos_token_id {b} is not in the vocabulary")))?;
             json!({
                 "type": "TemplateProcessing",
                 "single": [{"SpecialToken": {"id": bos_tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
@@ -109,10 +77,7 @@ pub fn tokenizer_json(g: &GgufFile) -> Result<Json, GgufError> {
             "special_tokens": {},
         }),
     };
-    let add_prefix_space = g
-        .get("tokenizer.ggml.add_space_prefix")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let add_prefix_space = g.get("tokenizer.ggml.add_space_prefix").and_then(Value::as_bool).unwrap_or(false);
     Ok(json!({
         "version": "1.0",
         "truncation": null,

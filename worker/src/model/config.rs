@@ -55,8 +55,7 @@ impl ModelConfig {
         let mut cfg = Self::parse(&text, &path)?;
         let gen_path = dir.join("generation_config.json");
         if gen_path.exists() {
-            let text =
-                std::fs::read_to_string(&gen_path).map_err(|e| ModelError::io(&gen_path, e))?;
+            let text = std::fs::read_to_string(&gen_path).map_err(|e| ModelError::io(&gen_path, e))?;
             cfg.apply_generation_config(&text, &gen_path)?;
         }
         Ok(cfg)
@@ -64,11 +63,8 @@ impl ModelConfig {
 
     /// Parses config.json text; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ModelError> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| ModelError::invalid(path, format!("not valid JSON: {e}")))?;
-        let obj = value
-            .as_object()
-            .ok_or_else(|| ModelError::invalid(path, "top level is not a JSON object"))?;
+        let value: Value = serde_json::from_str(text).map_err(|e| ModelError::invalid(path, format!("not valid JSON: {e}")))?;
+        let obj = value.as_object().ok_or_else(|| ModelError::invalid(path, "top level is not a JSON object"))?;
         let f = Fields { obj, path };
 
         let architecture = match obj.get("architectures") {
@@ -79,9 +75,7 @@ impl ModelConfig {
                     None => {
                         return Err(ModelError::unsupported(
                             path,
-                            format!(
-                                "architectures {names:?}: only {SUPPORTED_ARCHITECTURES:?} is supported"
-                            ),
+                            format!("architectures {names:?}: only {SUPPORTED_ARCHITECTURES:?} is supported"),
                         ));
                     }
                 }
@@ -89,41 +83,26 @@ impl ModelConfig {
             _ => match obj.get("model_type").and_then(Value::as_str) {
                 Some("llama") => "LlamaForCausalLM".to_string(),
                 Some(other) => {
-                    return Err(ModelError::unsupported(
-                        path,
-                        format!("model_type \"{other}\"; only llama is supported"),
-                    ));
+                    return Err(ModelError::unsupported(path, format!("model_type \"{other}\"; only llama is supported")));
                 }
                 None => {
-                    return Err(ModelError::invalid(
-                        path,
-                        "neither `architectures` nor `model_type` is given",
-                    ));
+                    return Err(ModelError::invalid(path, "neither `architectures` nor `model_type` is given"));
                 }
             },
         };
         if let Some(mt) = obj.get("model_type").and_then(Value::as_str)
             && mt != "llama"
         {
-            return Err(ModelError::unsupported(
-                path,
-                format!("model_type \"{mt}\"; only llama is supported"),
-            ));
+            return Err(ModelError::unsupported(path, format!("model_type \"{mt}\"; only llama is supported")));
         }
         if let Some(act) = obj.get("hidden_act").and_then(Value::as_str)
             && act != "silu"
         {
-            return Err(ModelError::unsupported(
-                path,
-                format!("hidden_act \"{act}\"; only silu is supported"),
-            ));
+            return Err(ModelError::unsupported(path, format!("hidden_act \"{act}\"; only silu is supported")));
         }
         for key in ["attention_bias", "mlp_bias"] {
             if f.opt_bool(key)? == Some(true) {
-                return Err(ModelError::unsupported(
-                    path,
-                    format!("`{key}: true` (biases are not implemented)"),
-                ));
+                return Err(ModelError::unsupported(path, format!("`{key}: true` (biases are not implemented)")));
             }
         }
 
@@ -158,14 +137,8 @@ impl ModelConfig {
             tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
             bos_token_id: f.opt_token_id("bos_token_id")?,
             eos_token_ids: f.token_id_list("eos_token_id")?,
-            torch_dtype: obj
-                .get("torch_dtype")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            name_or_path: obj
-                .get("_name_or_path")
-                .and_then(Value::as_str)
-                .map(str::to_string),
+            torch_dtype: obj.get("torch_dtype").and_then(Value::as_str).map(str::to_string),
+            name_or_path: obj.get("_name_or_path").and_then(Value::as_str).map(str::to_string),
         };
         cfg.check(path)?;
         Ok(cfg)
@@ -173,11 +146,8 @@ impl ModelConfig {
 
     /// Overrides bos/eos from generation_config.json (what transformers' generate uses).
     pub fn apply_generation_config(&mut self, text: &str, path: &Path) -> Result<(), ModelError> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| ModelError::invalid(path, format!("not valid JSON: {e}")))?;
-        let obj = value
-            .as_object()
-            .ok_or_else(|| ModelError::invalid(path, "top level is not a JSON object"))?;
+        let value: Value = serde_json::from_str(text).map_err(|e| ModelError::invalid(path, format!("not valid JSON: {e}")))?;
+        let obj = value.as_object().ok_or_else(|| ModelError::invalid(path, "top level is not a JSON object"))?;
         let f = Fields { obj, path };
         let eos = f.token_id_list("eos_token_id")?;
         if !eos.is_empty() {
@@ -188,10 +158,7 @@ impl ModelConfig {
         }
         for id in &self.eos_token_ids {
             if *id as usize >= self.vocab_size {
-                return Err(ModelError::invalid(
-                    path,
-                    format!("eos_token_id {id} >= vocab_size {}", self.vocab_size),
-                ));
+                return Err(ModelError::invalid(path, format!("eos_token_id {id} >= vocab_size {}", self.vocab_size)));
             }
         }
         Ok(())
@@ -216,45 +183,24 @@ impl ModelConfig {
         if self.num_heads % self.num_kv_heads != 0 {
             return Err(ModelError::invalid(
                 path,
-                format!(
-                    "num_attention_heads {} is not a multiple of num_key_value_heads {}",
-                    self.num_heads, self.num_kv_heads
-                ),
+                format!("num_attention_heads {} is not a multiple of num_key_value_heads {}", self.num_heads, self.num_kv_heads),
             ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(ModelError::invalid(
-                path,
-                format!(
-                    "head_dim {} must be even for rotary embeddings",
-                    self.head_dim
-                ),
-            ));
+            return Err(ModelError::invalid(path, format!("head_dim {} must be even for rotary embeddings", self.head_dim)));
         }
         if self.vocab_size > u32::MAX as usize {
-            return Err(ModelError::invalid(
-                path,
-                "vocab_size does not fit u32 token ids",
-            ));
+            return Err(ModelError::invalid(path, "vocab_size does not fit u32 token ids"));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
-            return Err(ModelError::invalid(
-                path,
-                "rms_norm_eps must be a positive number",
-            ));
+            return Err(ModelError::invalid(path, "rms_norm_eps must be a positive number"));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
-            return Err(ModelError::invalid(
-                path,
-                "rope_theta must be a positive number",
-            ));
+            return Err(ModelError::invalid(path, "rope_theta must be a positive number"));
         }
         for id in self.eos_token_ids.iter().chain(self.bos_token_id.iter()) {
             if *id as usize >= self.vocab_size {
-                return Err(ModelError::invalid(
-                    path,
-                    format!("special token id {id} >= vocab_size {}", self.vocab_size),
-                ));
+                return Err(ModelError::invalid(path, format!("special token id {id} >= vocab_size {}", self.vocab_size)));
             }
         }
         Ok(())
@@ -266,36 +212,21 @@ impl ModelConfig {
     }
 }
 
-fn parse_rope_scaling(
-    v: Option<&Value>,
-    path: &Path,
-) -> Result<Option<Llama3RopeScaling>, ModelError> {
+fn parse_rope_scaling(v: Option<&Value>, path: &Path) -> Result<Option<Llama3RopeScaling>, ModelError> {
     let obj = match v {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Object(o)) => o,
         Some(_) => {
-            return Err(ModelError::invalid(
-                path,
-                "rope_scaling must be an object or null",
-            ));
+            return Err(ModelError::invalid(path, "rope_scaling must be an object or null"));
         }
     };
-    let kind = obj
-        .get("rope_type")
-        .or_else(|| obj.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let kind = obj.get("rope_type").or_else(|| obj.get("type")).and_then(Value::as_str).unwrap_or("");
     match kind {
         "default" => Ok(None),
         "llama3" => {
             let f = Fields { obj, path };
             let get = |k: &str| -> Result<f64, ModelError> {
-                f.opt_f64(k)?.ok_or_else(|| {
-                    ModelError::invalid(
-                        path,
-                        format!("rope_scaling.{k} is required for llama3 rope"),
-                    )
-                })
+                f.opt_f64(k)?.ok_or_else(|| ModelError::invalid(path, format!("rope_scaling.{k} is required for llama3 rope")))
             };
             let s = Llama3RopeScaling {
                 factor: get("factor")?,
@@ -315,10 +246,7 @@ fn parse_rope_scaling(
             }
             Ok(Some(s))
         }
-        other => Err(ModelError::unsupported(
-            path,
-            format!("rope_scaling type \"{other}\"; only llama3 or none is supported"),
-        )),
+        other => Err(ModelError::unsupported(path, format!("rope_scaling type \"{other}\"; only llama3 or none is supported"))),
     }
 }
 
@@ -334,8 +262,7 @@ impl Fields<'_> {
     }
 
     fn req_usize(&self, key: &str) -> Result<usize, ModelError> {
-        self.opt_usize(key)?
-            .ok_or_else(|| ModelError::invalid(self.path, format!("missing required key `{key}`")))
+        self.opt_usize(key)?.ok_or_else(|| ModelError::invalid(self.path, format!("missing required key `{key}`")))
     }
 
     fn opt_usize(&self, key: &str) -> Result<Option<usize>, ModelError> {
@@ -345,56 +272,41 @@ impl Fields<'_> {
                 .as_u64()
                 .and_then(|n| usize::try_from(n).ok())
                 .map(Some)
-                .ok_or_else(|| {
-                    ModelError::invalid(
-                        self.path,
-                        format!("`{key}` must be a non-negative integer, got {v}"),
-                    )
-                }),
+                .ok_or_else(|| ModelError::invalid(self.path, format!("`{key}` must be a non-negative integer, got {v}"))),
         }
     }
 
     fn opt_f64(&self, key: &str) -> Result<Option<f64>, ModelError> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| {
-                ModelError::invalid(self.path, format!("`{key}` must be a number, got {v}"))
-            }),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| ModelError::invalid(self.path, format!("`{key}` must be a number, got {v}"))),
         }
     }
 
     fn opt_bool(&self, key: &str) -> Result<Option<bool>, ModelError> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_bool().map(Some).ok_or_else(|| {
-                ModelError::invalid(self.path, format!("`{key}` must be true or false, got {v}"))
-            }),
+            Some(v) => {
+                v.as_bool().map(Some).ok_or_else(|| ModelError::invalid(self.path, format!("`{key}` must be true or false, got {v}")))
+            }
         }
     }
 
     fn opt_token_id(&self, key: &str) -> Result<Option<u32>, ModelError> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => as_token_id(v).map(Some).ok_or_else(|| {
-                ModelError::invalid(self.path, format!("`{key}` must be a token id, got {v}"))
-            }),
+            Some(v) => {
+                as_token_id(v).map(Some).ok_or_else(|| ModelError::invalid(self.path, format!("`{key}` must be a token id, got {v}")))
+            }
         }
     }
 
     /// A token id or a list of them (eos_token_id may be either).
     fn token_id_list(&self, key: &str) -> Result<Vec<u32>, ModelError> {
-        let bad = |v: &Value| {
-            ModelError::invalid(
-                self.path,
-                format!("`{key}` must be a token id or a list of token ids, got {v}"),
-            )
-        };
+        let bad = |v: &Value| ModelError::invalid(self.path, format!("`{key}` must be a token id or a list of token ids, got {v}"));
         match self.get(key) {
             None => Ok(Vec::new()),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| as_token_id(v).ok_or_else(|| bad(v)))
-                .collect(),
+            Some(Value::Array(items)) => items.iter().map(|v| as_token_id(v).ok_or_else(|| bad(v))).collect(),
             Some(v) => as_token_id(v).map(|id| vec![id]).ok_or_else(|| bad(v)),
         }
     }
@@ -428,54 +340,28 @@ mod tests {
 
     #[test]
     fn eos_list_and_generation_config_override() {
-        let mut c = ModelConfig::parse(
-            &minitron_json().replace(
-                "\"eos_token_id\":128001",
-                "\"eos_token_id\":[128001,128009]",
-            ),
-            Path::new("c"),
-        )
-        .unwrap();
+        let mut c =
+            ModelConfig::parse(&minitron_json().replace("\"eos_token_id\":128001", "\"eos_token_id\":[128001,128009]"), Path::new("c"))
+                .unwrap();
         assert_eq!(c.eos_token_ids, vec![128001, 128009]);
-        c.apply_generation_config(r#"{"eos_token_id":[128008]}"#, Path::new("g"))
-            .unwrap();
+        c.apply_generation_config(r#"{"eos_token_id":[128008]}"#, Path::new("g")).unwrap();
         assert_eq!(c.eos_token_ids, vec![128008]);
     }
 
     #[test]
     fn refuses_unsupported_things_by_name() {
         let cases = [
-            (
-                minitron_json().replace("\"rope_type\":\"llama3\"", "\"rope_type\":\"yarn\""),
-                "yarn",
-            ),
-            (
-                minitron_json().replace("LlamaForCausalLM", "MixtralForCausalLM"),
-                "MixtralForCausalLM",
-            ),
-            (
-                minitron_json().replace("\"hidden_act\":\"silu\"", "\"hidden_act\":\"gelu\""),
-                "gelu",
-            ),
-            (
-                minitron_json().replace("\"num_key_value_heads\":8", "\"num_key_value_heads\":5"),
-                "multiple",
-            ),
-            (
-                minitron_json().replace("\"hidden_size\":3072,", ""),
-                "hidden_size",
-            ),
-            (
-                minitron_json().replace("\"vocab_size\":128256", "\"vocab_size\":\"big\""),
-                "vocab_size",
-            ),
+            (minitron_json().replace("\"rope_type\":\"llama3\"", "\"rope_type\":\"yarn\""), "yarn"),
+            (minitron_json().replace("LlamaForCausalLM", "MixtralForCausalLM"), "MixtralForCausalLM"),
+            (minitron_json().replace("\"hidden_act\":\"silu\"", "\"hidden_act\":\"gelu\""), "gelu"),
+            (minitron_json().replace("\"num_key_value_heads\":8", "\"num_key_value_heads\":5"), "multiple"),
+            (minitron_json().replace("\"hidden_size\":3072,", ""), "hidden_size"),
+            (minitron_json().replace("\"vocab_size\":128256", "\"vocab_size\":\"big\""), "vocab_size"),
             ("[1,2]".to_string(), "object"),
             ("{".to_string(), "JSON"),
         ];
         for (text, needle) in cases {
-            let err = ModelConfig::parse(&text, Path::new("/m/config.json"))
-                .unwrap_err()
-                .to_string();
+            let err = ModelConfig::parse(&text, Path::new("/m/config.json")).unwrap_err().to_string();
             assert!(err.contains(needle), "{err} should mention {needle}");
             assert!(err.contains("/m/config.json"), "{err} should name the file");
         }

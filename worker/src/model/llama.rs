@@ -50,17 +50,8 @@ impl LlamaWeights {
             });
         }
         let final_norm = ck.get("model.norm.weight", &[h])?;
-        let lm_head = if cfg.tie_word_embeddings {
-            embed_tokens.clone()
-        } else {
-            ck.get("lm_head.weight", &[cfg.vocab_size, h])?
-        };
-        Ok(LlamaWeights {
-            embed_tokens,
-            layers,
-            final_norm,
-            lm_head,
-        })
+        let lm_head = if cfg.tie_word_embeddings { embed_tokens.clone() } else { ck.get("lm_head.weight", &[cfg.vocab_size, h])? };
+        Ok(LlamaWeights { embed_tokens, layers, final_norm, lm_head })
     }
 }
 
@@ -71,10 +62,7 @@ pub fn tensor_manifest(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let q = cfg.num_heads * cfg.head_dim;
     let kv = cfg.num_kv_heads * cfg.head_dim;
     let i = cfg.intermediate_size;
-    let mut out = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![cfg.vocab_size, h],
-    )];
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h])];
     for l in 0..cfg.num_layers {
         let p = |s: &str| format!("model.layers.{l}.{s}");
         out.push((p("input_layernorm.weight"), vec![h]));

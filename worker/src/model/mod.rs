@@ -2,6 +2,7 @@
 //! tokenizer, and the identity hashes the gateway groups workers by.
 
 pub mod config;
+pub mod gen_model;
 pub mod llama;
 pub mod presets;
 pub mod random_init;
@@ -22,10 +23,7 @@ pub use weights::{Checkpoint, DType, TensorRef};
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Missing { path: PathBuf, message: String },
     #[error("{path}: {message}")]
@@ -37,33 +35,18 @@ pub enum ModelError {
 impl ModelError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         if source.kind() == std::io::ErrorKind::NotFound {
-            return ModelError::Missing {
-                path: path.to_path_buf(),
-                message: "file not found".into(),
-            };
+            return ModelError::Missing { path: path.to_path_buf(), message: "file not found".into() };
         }
-        ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        ModelError::Io { path: path.to_path_buf(), source }
     }
     pub fn missing(path: &Path, message: impl Into<String>) -> Self {
-        ModelError::Missing {
-            path: path.to_path_buf(),
-            message: message.into(),
-        }
+        ModelError::Missing { path: path.to_path_buf(), message: message.into() }
     }
     pub fn invalid(path: &Path, message: impl Into<String>) -> Self {
-        ModelError::Invalid {
-            path: path.to_path_buf(),
-            message: message.into(),
-        }
+        ModelError::Invalid { path: path.to_path_buf(), message: message.into() }
     }
     pub fn unsupported(path: &Path, message: impl Into<String>) -> Self {
-        ModelError::Unsupported {
-            path: path.to_path_buf(),
-            message: message.into(),
-        }
+        ModelError::Unsupported { path: path.to_path_buf(), message: message.into() }
     }
 }
 
@@ -84,10 +67,7 @@ impl Model {
     /// Loads and checks everything: config, every expected tensor and its shape, tokenizer.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         if !dir.is_dir() {
-            return Err(ModelError::missing(
-                dir,
-                "model directory does not exist or is not a directory",
-            ));
+            return Err(ModelError::missing(dir, "model directory does not exist or is not a directory"));
         }
         let config = ModelConfig::load(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
@@ -96,11 +76,7 @@ impl Model {
         if tokenizer.vocab_size() > config.vocab_size {
             return Err(ModelError::invalid(
                 &dir.join("tokenizer.json"),
-                format!(
-                    "tokenizer has {} tokens but the model's vocab_size is {}",
-                    tokenizer.vocab_size(),
-                    config.vocab_size
-                ),
+                format!("tokenizer has {} tokens but the model's vocab_size is {}", tokenizer.vocab_size(), config.vocab_size),
             ));
         }
         let content_hash = content_hash(dir, &checkpoint)?;
@@ -110,15 +86,7 @@ impl Model {
             .filter(|s| !s.is_empty())
             .or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "model".into());
-        Ok(Model {
-            dir: dir.to_path_buf(),
-            id,
-            dtype: checkpoint.dominant_dtype(),
-            config,
-            weights,
-            tokenizer,
-            content_hash,
-        })
+        Ok(Model { dir: dir.to_path_buf(), id, dtype: checkpoint.dominant_dtype(), config, weights, tokenizer, content_hash })
     }
 
     /// The parent hash of this model's first KV block.

@@ -27,14 +27,7 @@ fn splitmix(x: &mut u64) -> u64 {
 impl Xoshiro256 {
     fn new(seed: u64) -> Self {
         let mut x = seed;
-        Xoshiro256 {
-            s: [
-                splitmix(&mut x),
-                splitmix(&mut x),
-                splitmix(&mut x),
-                splitmix(&mut x),
-            ],
-        }
+        Xoshiro256 { s: [splitmix(&mut x), splitmix(&mut x), splitmix(&mut x), splitmix(&mut x)] }
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -66,25 +59,13 @@ pub enum Init {
 pub fn init_for(name: &str, shape: &[usize], hidden: usize) -> Init {
     let fan_in = shape.get(1).copied().unwrap_or(1) as f32;
     if name.ends_with("norm.weight") {
-        Init::Normal {
-            mean: 1.0,
-            std: 0.1,
-        }
+        Init::Normal { mean: 1.0, std: 0.1 }
     } else if name == "model.embed_tokens.weight" {
-        Init::Normal {
-            mean: 0.0,
-            std: 1.0,
-        }
+        Init::Normal { mean: 0.0, std: 1.0 }
     } else if name == "lm_head.weight" {
-        Init::Normal {
-            mean: 0.0,
-            std: 4.0 / (hidden as f32).sqrt(),
-        }
+        Init::Normal { mean: 0.0, std: 4.0 / (hidden as f32).sqrt() }
     } else {
-        Init::Normal {
-            mean: 0.0,
-            std: 1.0 / fan_in.sqrt(),
-        }
+        Init::Normal { mean: 0.0, std: 1.0 / fan_in.sqrt() }
     }
 }
 
@@ -94,22 +75,20 @@ pub fn generate(seed: u64, name: &str, numel: usize, init: Init, out: &mut Vec<f
     out.resize(numel, 0.0);
     let key = seed ^ xxh3_64(name.as_bytes());
     let Init::Normal { mean, std } = init;
-    out.par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            let mut rng = Xoshiro256::new(key ^ (c as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
-            let mut i = 0;
-            while i < chunk.len() {
-                let (u1, u2) = (rng.uniform(), rng.uniform());
-                let r = (-2.0 * u1.ln()).sqrt();
-                let th = 2.0 * std::f64::consts::PI * u2;
-                chunk[i] = mean + std * (r * th.cos()) as f32;
-                if i + 1 < chunk.len() {
-                    chunk[i + 1] = mean + std * (r * th.sin()) as f32;
-                }
-                i += 2;
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+        let mut rng = Xoshiro256::new(key ^ (c as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let mut i = 0;
+        while i < chunk.len() {
+            let (u1, u2) = (rng.uniform(), rng.uniform());
+            let r = (-2.0 * u1.ln()).sqrt();
+            let th = 2.0 * std::f64::consts::PI * u2;
+            chunk[i] = mean + std * (r * th.cos()) as f32;
+            if i + 1 < chunk.len() {
+                chunk[i + 1] = mean + std * (r * th.sin()) as f32;
             }
-        });
+            i += 2;
+        }
+    });
 }
 
 #[cfg(test)]
@@ -120,44 +99,13 @@ mod tests {
     fn deterministic_and_roughly_normal() {
         let mut a = Vec::new();
         let mut b = Vec::new();
-        generate(
-            7,
-            "x",
-            200_001,
-            Init::Normal {
-                mean: 0.0,
-                std: 2.0,
-            },
-            &mut a,
-        );
-        generate(
-            7,
-            "x",
-            200_001,
-            Init::Normal {
-                mean: 0.0,
-                std: 2.0,
-            },
-            &mut b,
-        );
+        generate(7, "x", 200_001, Init::Normal { mean: 0.0, std: 2.0 }, &mut a);
+        generate(7, "x", 200_001, Init::Normal { mean: 0.0, std: 2.0 }, &mut b);
         assert_eq!(a, b);
         let mean = a.iter().map(|v| *v as f64).sum::<f64>() / a.len() as f64;
         let var = a.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / a.len() as f64;
-        assert!(
-            mean.abs() < 0.02 && (var.sqrt() - 2.0).abs() < 0.02,
-            "mean {mean} std {}",
-            var.sqrt()
-        );
-        generate(
-            8,
-            "x",
-            10,
-            Init::Normal {
-                mean: 0.0,
-                std: 1.0,
-            },
-            &mut b,
-        );
+        assert!(mean.abs() < 0.02 && (var.sqrt() - 2.0).abs() < 0.02, "mean {mean} std {}", var.sqrt());
+        generate(8, "x", 10, Init::Normal { mean: 0.0, std: 1.0 }, &mut b);
         assert_ne!(a[..10], b[..10]);
     }
 }

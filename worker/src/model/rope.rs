@@ -15,9 +15,7 @@ impl RopeTable {
         let d = cfg.head_dim;
         let theta = cfg.rope_theta as f32;
         // transformers: 1.0 / (base ** (arange(0, dim, 2).float() / dim)), all in f32.
-        let mut inv: Vec<f32> = (0..d / 2)
-            .map(|i| 1.0f32 / theta.powf((2 * i) as f32 / d as f32))
-            .collect();
+        let mut inv: Vec<f32> = (0..d / 2).map(|i| 1.0f32 / theta.powf((2 * i) as f32 / d as f32)).collect();
         if let Some(s) = &cfg.rope_scaling {
             let factor = s.factor as f32;
             let low_ff = s.low_freq_factor as f32;
@@ -112,10 +110,7 @@ mod tests {
         assert_eq!(plain.inv_freq()[0], scaled.inv_freq()[0]);
         // Lowest frequency (wavelength > 8192): divided by the factor.
         let last = plain.half_dim() - 1;
-        assert!(
-            (scaled.inv_freq()[last] - plain.inv_freq()[last] / 8.0).abs()
-                <= f32::EPSILON * plain.inv_freq()[last]
-        );
+        assert!((scaled.inv_freq()[last] - plain.inv_freq()[last] / 8.0).abs() <= f32::EPSILON * plain.inv_freq()[last]);
         // Somewhere in between lies strictly between the two.
         let mid = (0..plain.half_dim())
             .find(|&i| {

@@ -16,12 +16,7 @@ pub struct ModelTokenizer {
 
 impl std::fmt::Debug for ModelTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "ModelTokenizer({} tokens, hash {})",
-            self.vocab_size(),
-            self.hash_hex()
-        )
+        write!(f, "ModelTokenizer({} tokens, hash {})", self.vocab_size(), self.hash_hex())
     }
 }
 
@@ -33,22 +28,16 @@ impl ModelTokenizer {
 
     /// Parses tokenizer.json bytes; `path` only names the source in errors.
     pub fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<Self, ModelError> {
-        let inner = Tokenizer::from_bytes(&bytes)
-            .map_err(|e| ModelError::invalid(path, format!("cannot load tokenizer: {e}")))?;
+        let inner = Tokenizer::from_bytes(&bytes).map_err(|e| ModelError::invalid(path, format!("cannot load tokenizer: {e}")))?;
         Ok(ModelTokenizer { inner, bytes })
     }
 
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, String> {
-        self.inner
-            .encode(text, add_special_tokens)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| e.to_string())
+        self.inner.encode(text, add_special_tokens).map(|e| e.get_ids().to_vec()).map_err(|e| e.to_string())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, String> {
-        self.inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| e.to_string())
+        self.inner.decode(ids, skip_special_tokens).map_err(|e| e.to_string())
     }
 
     /// Number of ids the tokenizer can produce (added tokens included).

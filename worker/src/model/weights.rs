@@ -69,14 +69,7 @@ pub struct TensorRef {
 
 impl std::fmt::Debug for TensorRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: {} {:?} in {}",
-            self.name,
-            self.dtype.name(),
-            self.shape,
-            self.file.display()
-        )
+        write!(f, "{}: {} {:?} in {}", self.name, self.dtype.name(), self.shape, self.file.display())
     }
 }
 
@@ -98,18 +91,9 @@ impl TensorRef {
     pub fn to_f32_vec(&self) -> Vec<f32> {
         let b = self.bytes();
         match self.dtype {
-            DType::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            DType::BF16 => b
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-                .collect(),
-            DType::F16 => b
-                .chunks_exact(2)
-                .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-                .collect(),
+            DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            DType::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
+            DType::F16 => b.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
         }
     }
 }
@@ -132,16 +116,9 @@ impl Checkpoint {
         } else if single.exists() {
             vec![single]
         } else {
-            return Err(ModelError::missing(
-                &single,
-                "no model.safetensors and no model.safetensors.index.json in the model directory",
-            ));
+            return Err(ModelError::missing(&single, "no model.safetensors and no model.safetensors.index.json in the model directory"));
         };
-        let mut ck = Checkpoint {
-            tensors: HashMap::new(),
-            files: files.clone(),
-            headers: Vec::new(),
-        };
+        let mut ck = Checkpoint { tensors: HashMap::new(), files: files.clone(), headers: Vec::new() };
         for file in files {
             ck.add_file(&file)?;
         }
@@ -154,8 +131,8 @@ impl Checkpoint {
         // modified while a worker runs; if one is truncated underneath us, reads fault (as
         // with every mmap-based loader, including transformers' safetensors).
         let map = unsafe { Mmap::map(&f) }.map_err(|e| ModelError::io(path, e))?;
-        let (header_len, meta) = SafeTensors::read_metadata(&map)
-            .map_err(|e| ModelError::invalid(path, format!("not a valid safetensors file: {e}")))?;
+        let (header_len, meta) =
+            SafeTensors::read_metadata(&map).map_err(|e| ModelError::invalid(path, format!("not a valid safetensors file: {e}")))?;
         let data_start = 8 + header_len;
         self.headers.push(map[..data_start].to_vec());
         let map = Arc::new(map);
@@ -168,9 +145,7 @@ impl Checkpoint {
                 other => {
                     return Err(ModelError::unsupported(
                         path,
-                        format!(
-                            "tensor `{name}` has dtype {other:?}; only BF16, F16 and F32 are supported"
-                        ),
+                        format!("tensor `{name}` has dtype {other:?}; only BF16, F16 and F32 are supported"),
                     ));
                 }
             };
@@ -185,10 +160,7 @@ impl Checkpoint {
                 file: file.clone(),
             };
             if self.tensors.insert(name.clone(), t).is_some() {
-                return Err(ModelError::invalid(
-                    path,
-                    format!("tensor `{name}` appears in more than one shard"),
-                ));
+                return Err(ModelError::invalid(path, format!("tensor `{name}` appears in more than one shard")));
             }
         }
         Ok(())
@@ -198,19 +170,10 @@ impl Checkpoint {
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<TensorRef, ModelError> {
         let t = self.tensors.get(name).ok_or_else(|| {
             let where_ = self.files.first().cloned().unwrap_or_default();
-            ModelError::invalid(
-                &where_,
-                format!("missing tensor `{name}` (expected shape {shape:?})"),
-            )
+            ModelError::invalid(&where_, format!("missing tensor `{name}` (expected shape {shape:?})"))
         })?;
         if t.shape != shape {
-            return Err(ModelError::invalid(
-                t.file(),
-                format!(
-                    "tensor `{name}` has shape {:?}, expected {shape:?}",
-                    t.shape
-                ),
-            ));
+            return Err(ModelError::invalid(t.file(), format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.shape)));
         }
         Ok(t.clone())
     }
@@ -238,31 +201,19 @@ impl Checkpoint {
         for t in self.tensors.values() {
             *by.entry(t.dtype).or_default() += t.end - t.start;
         }
-        by.into_iter()
-            .max_by_key(|(_, n)| *n)
-            .map(|(d, _)| d)
-            .unwrap_or(DType::F32)
+        by.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d).unwrap_or(DType::F32)
     }
 }
 
 fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, ModelError> {
     let text = std::fs::read_to_string(index).map_err(|e| ModelError::io(index, e))?;
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| ModelError::invalid(index, format!("not valid JSON: {e}")))?;
-    let map = v
-        .get("weight_map")
-        .and_then(Value::as_object)
-        .ok_or_else(|| ModelError::invalid(index, "missing object `weight_map`"))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| ModelError::invalid(index, format!("not valid JSON: {e}")))?;
+    let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| ModelError::invalid(index, "missing object `weight_map`"))?;
     let mut files: Vec<String> = Vec::new();
     for (name, file) in map {
-        let file = file.as_str().ok_or_else(|| {
-            ModelError::invalid(index, format!("weight_map[`{name}`] is not a file name"))
-        })?;
+        let file = file.as_str().ok_or_else(|| ModelError::invalid(index, format!("weight_map[`{name}`] is not a file name")))?;
         if file.contains('/') || file.contains("..") {
-            return Err(ModelError::invalid(
-                index,
-                format!("weight_map[`{name}`] = `{file}` must be a file in the model directory"),
-            ));
+            return Err(ModelError::invalid(index, format!("weight_map[`{name}`] = `{file}` must be a file in the model directory")));
         }
         if !files.iter().any(|f| f == file) {
             files.push(file.to_string());
@@ -272,10 +223,7 @@ fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, ModelError> {
     let paths: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
     for p in &paths {
         if !p.exists() {
-            return Err(ModelError::missing(
-                p,
-                "shard listed in model.safetensors.index.json does not exist",
-            ));
+            return Err(ModelError::missing(p, "shard listed in model.safetensors.index.json does not exist"));
         }
     }
     if paths.is_empty() {

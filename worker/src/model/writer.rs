@@ -59,11 +59,8 @@ where
     let mut weight_map = BTreeMap::new();
     let mut buf = Vec::new();
     for (si, members) in shards.iter().enumerate() {
-        let fname = if nshards == 1 {
-            "model.safetensors".to_string()
-        } else {
-            format!("model-{:05}-of-{:05}.safetensors", si + 1, nshards)
-        };
+        let fname =
+            if nshards == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{:05}.safetensors", si + 1, nshards) };
         let path = dir.join(&fname);
         let mut header = serde_json::Map::new();
         header.insert("__metadata__".into(), json!({"format": "pt"}));
@@ -75,16 +72,14 @@ where
             off += n;
             weight_map.insert(s.name.clone(), Value::String(fname.clone()));
         }
-        let mut hbytes = serde_json::to_vec(&Value::Object(header))
-            .map_err(|e| ModelError::invalid(&path, e.to_string()))?;
+        let mut hbytes = serde_json::to_vec(&Value::Object(header)).map_err(|e| ModelError::invalid(&path, e.to_string()))?;
         while hbytes.len() % 8 != 0 {
             hbytes.push(b' ');
         }
         let file = std::fs::File::create(&path).map_err(|e| ModelError::io(&path, e))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
         let io = |e| ModelError::io(&path, e);
-        w.write_all(&(hbytes.len() as u64).to_le_bytes())
-            .map_err(io)?;
+        w.write_all(&(hbytes.len() as u64).to_le_bytes()).map_err(io)?;
         w.write_all(&hbytes).map_err(io)?;
         for &i in members {
             let s = &specs[i];
@@ -93,12 +88,7 @@ where
             if buf.len() as u64 != s.nbytes() {
                 return Err(ModelError::invalid(
                     &path,
-                    format!(
-                        "internal: tensor `{}` produced {} bytes, expected {}",
-                        s.name,
-                        buf.len(),
-                        s.nbytes()
-                    ),
+                    format!("internal: tensor `{}` produced {} bytes, expected {}", s.name, buf.len(), s.nbytes()),
                 ));
             }
             w.write_all(&buf).map_err(io)?;
@@ -116,8 +106,7 @@ where
 
 /// Writes pretty JSON with a trailing newline.
 pub fn write_json(path: &Path, v: &Value) -> Result<(), ModelError> {
-    let mut text =
-        serde_json::to_string_pretty(v).map_err(|e| ModelError::invalid(path, e.to_string()))?;
+    let mut text = serde_json::to_string_pretty(v).map_err(|e| ModelError::invalid(path, e.to_string()))?;
     text.push('\n');
     std::fs::write(path, text).map_err(|e| ModelError::io(path, e))
 }
@@ -126,14 +115,8 @@ pub fn write_json(path: &Path, v: &Value) -> Result<(), ModelError> {
 pub fn encode_f32(values: &[f32], dtype: DType, out: &mut Vec<u8>) {
     out.reserve(values.len() * dtype.size());
     match dtype {
-        DType::F32 => values
-            .iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DType::BF16 => values
-            .iter()
-            .for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_bits().to_le_bytes())),
-        DType::F16 => values
-            .iter()
-            .for_each(|v| out.extend_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes())),
+        DType::F32 => values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DType::BF16 => values.iter().for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_bits().to_le_bytes())),
+        DType::F16 => values.iter().for_each(|v| out.extend_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes())),
     }
 }

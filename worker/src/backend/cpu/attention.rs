@@ -17,11 +17,7 @@ pub struct KvPool {
 
 impl KvPool {
     pub fn new(num_blocks: usize, kv_heads: usize, head_dim: usize) -> Self {
-        KvPool {
-            data: vec![0.0; num_blocks * BLOCK_SIZE * kv_heads * head_dim],
-            kv_heads,
-            head_dim,
-        }
+        KvPool { data: vec![0.0; num_blocks * BLOCK_SIZE * kv_heads * head_dim], kv_heads, head_dim }
     }
 
     /// Row offset of (slot, kv head).
@@ -56,19 +52,8 @@ pub struct AttnShape {
 
 /// `out[t, h, :] = softmax(q[t,h]·K[0..=pos]ᵀ / √d) · V[0..=pos]` for every token of every
 /// sequence, reading K/V through each sequence's block table.
-pub fn paged_attention(
-    q: &[f32],
-    k_pool: &KvPool,
-    v_pool: &KvPool,
-    seqs: &[SeqChunk],
-    shape: AttnShape,
-    out: &mut [f32],
-) {
-    let AttnShape {
-        num_heads,
-        num_kv_heads,
-        head_dim,
-    } = shape;
+pub fn paged_attention(q: &[f32], k_pool: &KvPool, v_pool: &KvPool, seqs: &[SeqChunk], shape: AttnShape, out: &mut [f32]) {
+    let AttnShape { num_heads, num_kv_heads, head_dim } = shape;
     let group = num_heads / num_kv_heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let qw = num_heads * head_dim;
@@ -79,40 +64,37 @@ pub fn paged_attention(
             jobs.push((si, s.token_start + j));
         }
     }
-    out[..jobs.len() * qw]
-        .par_chunks_mut(head_dim)
-        .enumerate()
-        .for_each_init(Vec::new, |scores: &mut Vec<f32>, (idx, o)| {
-            let (job, h) = (idx / num_heads, idx % num_heads);
-            let (si, t) = jobs[job];
-            let s = &seqs[si];
-            let pos = s.context_len - s.num_tokens + (t - s.token_start);
-            let kvh = h / group;
-            let qrow = &q[t * qw + h * head_dim..][..head_dim];
-            let n = pos + 1;
-            scores.clear();
-            scores.reserve(n);
-            for j in 0..n {
-                let slot = s.block_table[j / BLOCK_SIZE] as usize * BLOCK_SIZE + j % BLOCK_SIZE;
-                scores.push(simd::dot(qrow, k_pool.row(slot, kvh)) * scale);
+    out[..jobs.len() * qw].par_chunks_mut(head_dim).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (idx, o)| {
+        let (job, h) = (idx / num_heads, idx % num_heads);
+        let (si, t) = jobs[job];
+        let s = &seqs[si];
+        let pos = s.context_len - s.num_tokens + (t - s.token_start);
+        let kvh = h / group;
+        let qrow = &q[t * qw + h * head_dim..][..head_dim];
+        let n = pos + 1;
+        scores.clear();
+        scores.reserve(n);
+        for j in 0..n {
+            let slot = s.block_table[j / BLOCK_SIZE] as usize * BLOCK_SIZE + j % BLOCK_SIZE;
+            scores.push(simd::dot(qrow, k_pool.row(slot, kvh)) * scale);
+        }
+        let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f32;
+        for sc in scores.iter_mut() {
+            *sc = (*sc - m).exp();
+            sum += *sc;
+        }
+        o.fill(0.0);
+        for (j, p) in scores.iter().enumerate() {
+            let slot = s.block_table[j / BLOCK_SIZE] as usize * BLOCK_SIZE + j % BLOCK_SIZE;
+            let vrow = v_pool.row(slot, kvh);
+            for (acc, v) in o.iter_mut().zip(vrow) {
+                *acc = p.mul_add(*v, *acc);
             }
-            let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f32;
-            for sc in scores.iter_mut() {
-                *sc = (*sc - m).exp();
-                sum += *sc;
-            }
-            o.fill(0.0);
-            for (j, p) in scores.iter().enumerate() {
-                let slot = s.block_table[j / BLOCK_SIZE] as usize * BLOCK_SIZE + j % BLOCK_SIZE;
-                let vrow = v_pool.row(slot, kvh);
-                for (acc, v) in o.iter_mut().zip(vrow) {
-                    *acc = p.mul_add(*v, *acc);
-                }
-            }
-            let inv = 1.0 / sum;
-            for acc in o.iter_mut() {
-                *acc *= inv;
-            }
-        });
+        }
+        let inv = 1.0 / sum;
+        for acc in o.iter_mut() {
+            *acc *= inv;
+        }
+    });
 }

@@ -49,10 +49,7 @@ impl WeightMatrix {
 /// `out[t * N + n] = Σ_k x[t * K + k] · W[n, k]` for `t < tokens`.
 pub fn matmul(x: &[f32], tokens: usize, w: &WeightMatrix, out: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
-    assert!(
-        x.len() >= tokens * k && out.len() >= tokens * n,
-        "matmul buffers too small"
-    );
+    assert!(x.len() >= tokens * k && out.len() >= tokens * n, "matmul buffers too small");
     if tokens == 0 || n == 0 {
         return;
     }
@@ -83,14 +80,7 @@ pub fn matmul(x: &[f32], tokens: usize, w: &WeightMatrix, out: &mut [f32]) {
 }
 
 /// `res[r * tokens + t] = dot(panel[r], x[t])` for a widened panel.
-fn panel_times_tokens(
-    panel: &[f32],
-    rows: usize,
-    x: &[f32],
-    tokens: usize,
-    k: usize,
-    res: &mut [f32],
-) {
+fn panel_times_tokens(panel: &[f32], rows: usize, x: &[f32], tokens: usize, k: usize, res: &mut [f32]) {
     let mut tile = [[0.0f32; TILE_TOKENS]; TILE_ROWS];
     let row = |r: usize| &panel[r.min(rows - 1) * k..][..k];
     let tok = |t: usize| &x[t.min(tokens - 1) * k..][..k];
@@ -99,12 +89,7 @@ fn panel_times_tokens(
         let xs = [tok(t0), tok(t0 + 1), tok(t0 + 2)];
         let mut r0 = 0;
         while r0 < rows {
-            simd::tile_dots(
-                [row(r0), row(r0 + 1), row(r0 + 2), row(r0 + 3)],
-                xs,
-                k,
-                &mut tile,
-            );
+            simd::tile_dots([row(r0), row(r0 + 1), row(r0 + 2), row(r0 + 3)], xs, k, &mut tile);
             for (dr, tr) in tile.iter().enumerate() {
                 let r = r0 + dr;
                 if r >= rows {

@@ -107,11 +107,7 @@ impl CpuBackend {
         let mut cos = vec![0.0f32; t * half];
         let mut sin = vec![0.0f32; t * half];
         for (i, &p) in batch.positions.iter().enumerate() {
-            self.rope.angles(
-                p,
-                &mut cos[i * half..(i + 1) * half],
-                &mut sin[i * half..(i + 1) * half],
-            );
+            self.rope.angles(p, &mut cos[i * half..(i + 1) * half], &mut sin[i * half..(i + 1) * half]);
         }
 
         let mut normed = vec![0.0f32; t * h];
@@ -122,11 +118,7 @@ impl CpuBackend {
         let mut proj = vec![0.0f32; t * h];
         let mut gate = vec![0.0f32; t * inter];
         let mut up = vec![0.0f32; t * inter];
-        let shape = AttnShape {
-            num_heads: nh,
-            num_kv_heads: nkv,
-            head_dim: hd,
-        };
+        let shape = AttnShape { num_heads: nh, num_kv_heads: nkv, head_dim: hd };
         let eps = cfg.rms_norm_eps;
 
         for layer in &mut self.layers {
@@ -135,10 +127,7 @@ impl CpuBackend {
             matmul(&normed, t, &layer.k, &mut k);
             matmul(&normed, t, &layer.v, &mut v);
             for i in 0..t {
-                let (c, s) = (
-                    &cos[i * half..(i + 1) * half],
-                    &sin[i * half..(i + 1) * half],
-                );
+                let (c, s) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
                 for head in q[i * qw..(i + 1) * qw].chunks_exact_mut(hd) {
                     apply_rotary(head, c, s);
                 }
@@ -148,14 +137,7 @@ impl CpuBackend {
             }
             layer.k_cache.write(&k, &batch.slot_mapping);
             layer.v_cache.write(&v, &batch.slot_mapping);
-            paged_attention(
-                &q,
-                &layer.k_cache,
-                &layer.v_cache,
-                &batch.seqs,
-                shape,
-                &mut attn,
-            );
+            paged_attention(&q, &layer.k_cache, &layer.v_cache, &batch.seqs, shape, &mut attn);
             matmul(&attn, t, &layer.o, &mut proj);
             add_in_place(&mut x, &proj);
 
@@ -171,12 +153,7 @@ impl CpuBackend {
 
         let mut out = vec![0.0f32; rows.len() * h];
         for (o, &r) in rows.iter().enumerate() {
-            rms_norm_rows(
-                &x[r * h..(r + 1) * h],
-                &self.final_norm,
-                eps,
-                &mut out[o * h..(o + 1) * h],
-            );
+            rms_norm_rows(&x[r * h..(r + 1) * h], &self.final_norm, eps, &mut out[o * h..(o + 1) * h]);
         }
         out
     }
@@ -184,11 +161,7 @@ impl CpuBackend {
     /// Raw logits `[samples, vocab]` of the step's sampled rows (tests and tools).
     pub fn logits(&mut self, batch: &StepBatch) -> Result<Vec<f32>, BackendError> {
         batch.validate(self.num_blocks, self.cfg.vocab_size)?;
-        let rows: Vec<usize> = batch
-            .samples
-            .iter()
-            .map(|s| last_row(batch, s.seq))
-            .collect();
+        let rows: Vec<usize> = batch.samples.iter().map(|s| last_row(batch, s.seq)).collect();
         let hidden = self.forward(batch, &rows);
         let mut logits = vec![0.0f32; rows.len() * self.cfg.vocab_size];
         matmul(&hidden, rows.len(), &self.lm_head, &mut logits);
@@ -203,11 +176,7 @@ fn last_row(batch: &StepBatch, seq: usize) -> usize {
 
 impl Backend for CpuBackend {
     fn info(&self) -> BackendInfo {
-        BackendInfo {
-            name: "cpu".into(),
-            device: format!("cpu ({} threads)", rayon::current_num_threads()),
-            dtype: self.dtype.clone(),
-        }
+        BackendInfo { name: "cpu".into(), device: format!("cpu ({} threads)", rayon::current_num_threads()), dtype: self.dtype.clone() }
     }
 
     fn kv_blocks(&self) -> usize {
@@ -222,12 +191,7 @@ impl Backend for CpuBackend {
         let logits = self.logits(batch)?;
         let v = self.cfg.vocab_size;
         let mut scratch = std::mem::take(&mut self.sample_scratch);
-        let out = batch
-            .samples
-            .iter()
-            .enumerate()
-            .map(|(i, s)| sampler::sample(&logits[i * v..(i + 1) * v], s, &mut scratch))
-            .collect();
+        let out = batch.samples.iter().enumerate().map(|(i, s)| sampler::sample(&logits[i * v..(i + 1) * v], s, &mut scratch)).collect();
         self.sample_scratch = scratch;
         Ok(out)
     }

@@ -17,9 +17,7 @@ use std::arch::x86_64::*;
 pub fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -110,12 +108,7 @@ pub const TILE_TOKENS: usize = 3;
 /// with the canonical order. Rows or tokens may repeat (edge tiles pad by repeating the
 /// last one); each dot is independent so repeats do not change any value.
 #[inline]
-pub fn tile_dots(
-    w: [&[f32]; TILE_ROWS],
-    x: [&[f32]; TILE_TOKENS],
-    k: usize,
-    out: &mut [[f32; TILE_TOKENS]; TILE_ROWS],
-) {
+pub fn tile_dots(w: [&[f32]; TILE_ROWS], x: [&[f32]; TILE_TOKENS], k: usize, out: &mut [[f32; TILE_TOKENS]; TILE_ROWS]) {
     debug_assert!(w.iter().all(|r| r.len() >= k) && x.iter().all(|c| c.len() >= k));
     #[cfg(target_arch = "x86_64")]
     if has_avx2() && w.iter().all(|r| r.len() >= k) && x.iter().all(|c| c.len() >= k) {
@@ -134,23 +127,14 @@ pub fn tile_dots(
 /// Every pointer must be valid for `k` reads; the CPU must support avx2 and fma.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_dots_avx2(
-    w: [*const f32; TILE_ROWS],
-    x: [*const f32; TILE_TOKENS],
-    k: usize,
-    out: &mut [[f32; TILE_TOKENS]; TILE_ROWS],
-) {
+unsafe fn tile_dots_avx2(w: [*const f32; TILE_ROWS], x: [*const f32; TILE_TOKENS], k: usize, out: &mut [[f32; TILE_TOKENS]; TILE_ROWS]) {
     let k8 = k / 8 * 8;
     let mut acc = [[_mm256_setzero_ps(); TILE_TOKENS]; TILE_ROWS];
     let mut i = 0;
     while i < k8 {
         // SAFETY: i + 8 <= k for every pointer.
         unsafe {
-            let xv = [
-                _mm256_loadu_ps(x[0].add(i)),
-                _mm256_loadu_ps(x[1].add(i)),
-                _mm256_loadu_ps(x[2].add(i)),
-            ];
+            let xv = [_mm256_loadu_ps(x[0].add(i)), _mm256_loadu_ps(x[1].add(i)), _mm256_loadu_ps(x[2].add(i))];
             for r in 0..TILE_ROWS {
                 let wv = _mm256_loadu_ps(w[r].add(i));
                 for c in 0..TILE_TOKENS {
@@ -225,12 +209,7 @@ mod tests {
     use super::*;
 
     fn data(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed)) % 1000) as f32 / 500.0
-                    - 1.0
-            })
-            .collect()
+        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed)) % 1000) as f32 / 500.0 - 1.0).collect()
     }
 
     #[test]
@@ -238,11 +217,7 @@ mod tests {
         for k in [1, 7, 8, 9, 64, 100, 576, 1001] {
             let a = data(k, 1);
             let b = data(k, 2);
-            assert_eq!(
-                dot(&a, &b).to_bits(),
-                dot_portable(&a, &b).to_bits(),
-                "k={k}"
-            );
+            assert_eq!(dot(&a, &b).to_bits(), dot_portable(&a, &b).to_bits(), "k={k}");
         }
     }
 
@@ -252,12 +227,7 @@ mod tests {
         let rows: Vec<Vec<f32>> = (0..4).map(|r| data(k, r)).collect();
         let toks: Vec<Vec<f32>> = (0..3).map(|c| data(k, 10 + c)).collect();
         let mut out = [[0.0; 3]; 4];
-        tile_dots(
-            [&rows[0], &rows[1], &rows[2], &rows[3]],
-            [&toks[0], &toks[1], &toks[2]],
-            k,
-            &mut out,
-        );
+        tile_dots([&rows[0], &rows[1], &rows[2], &rows[3]], [&toks[0], &toks[1], &toks[2]], k, &mut out);
         for r in 0..4 {
             for c in 0..3 {
                 assert_eq!(out[r][c].to_bits(), dot(&rows[r], &toks[c]).to_bits());
@@ -267,9 +237,7 @@ mod tests {
 
     #[test]
     fn f16_widening_matches_half() {
-        let vals: Vec<u16> = (0..37u16)
-            .map(|i| half::f16::from_f32(i as f32 * 0.73 - 9.0).to_bits())
-            .collect();
+        let vals: Vec<u16> = (0..37u16).map(|i| half::f16::from_f32(i as f32 * 0.73 - 9.0).to_bits()).collect();
         let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut out = vec![0.0; 37];
         f16_to_f32(&bytes, &mut out);
