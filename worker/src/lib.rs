@@ -8,3 +8,4 @@ pub mod engine;
 pub mod gguf;
 pub mod model;
 pub mod offline;
+pub mod service;

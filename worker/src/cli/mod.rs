@@ -4,6 +4,7 @@
 mod convert;
 mod gen_model;
 mod generate;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -12,12 +13,23 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "tokenfleet-worker", version, about = "tokenfleet worker: one process per device, serving a Llama-3.1-family model")]
 struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve the tokenfleet.v1.Worker gRPC service (one process per device).
+    Serve(serve::ServeArgs),
     /// Generate a completion offline through the engine (CPU backend) and print it.
     Generate(generate::GenerateArgs),
     /// Write a model directory with deterministic random weights of a named architecture.
@@ -29,8 +41,10 @@ enum Command {
 /// Parses arguments, runs the command, maps errors to exit code 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    init_logging(default_level, cli.log_format);
     let result = match cli.command {
+        Command::Serve(a) => serve::run(a),
         Command::Generate(a) => generate::run(a),
         Command::GenModel(a) => gen_model::run(a),
         Command::ConvertGguf(a) => convert::run(a),
@@ -44,9 +58,15 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+fn init_logging(default_level: &str, format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
