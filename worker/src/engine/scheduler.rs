@@ -245,8 +245,9 @@ impl Scheduler {
             i += 1;
         }
 
-        // Admit waiting sequences while budget and room remain.
-        while budget > 0 && self.running.len() < self.cfg.max_running {
+        // Admit waiting sequences while budget and room remain — but not in a step that
+        // had to preempt: the freed blocks belong to the sequences that are running.
+        while budget > 0 && self.running.len() < self.cfg.max_running && plan.preempted.is_empty() {
             let Some((&key, _)) = self.waiting.iter().next() else {
                 break;
             };
@@ -365,8 +366,12 @@ impl Scheduler {
         effects
     }
 
-    /// Every block currently referenced by a sequence (tests: leak checks).
-    pub fn referenced_blocks(&self) -> usize {
-        self.running.iter().map(|s| s.blocks.len()).sum()
+    /// Distinct blocks referenced by running sequences; equals `blocks.in_use()` unless a
+    /// block leaked (tests).
+    pub fn referenced_blocks_distinct(&self) -> usize {
+        let mut all: Vec<u32> = self.running.iter().flat_map(|s| s.blocks.iter().copied()).collect();
+        all.sort_unstable();
+        all.dedup();
+        all.len()
     }
 }

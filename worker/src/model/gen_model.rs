@@ -53,7 +53,7 @@ pub fn write_random_model(spec: &GenModelSpec, outdir: &Path, mut on_bytes: impl
         spec.max_shard_bytes,
         |_, t, buf| {
             let numel = t.shape.iter().product();
-            generate(spec.seed, &t.name, numel, init_for(&t.name, &t.shape, cfg.hidden_size), &mut values);
+            generate(spec.seed, &t.name, numel, init_for(&t.name, &t.shape, cfg.hidden_size, cfg.tie_word_embeddings), &mut values);
             encode_f32(&values, t.dtype, buf);
             Ok(())
         },
