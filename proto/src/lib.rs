@@ -6,6 +6,7 @@
 //! - [`finish_reason_str`]: the JSON/CLI spelling of [`v1::FinishReason`].
 
 pub mod block_hash;
+pub mod limits;
 
 /// Generated protobuf and gRPC code of package `tokenfleet.v1`.
 pub mod v1 {

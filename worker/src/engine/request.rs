@@ -7,12 +7,8 @@ use tokenfleet_proto::v1;
 
 use super::sampler::SamplingConfig;
 
-/// Most alternatives per token.
-pub const MAX_TOP_LOGPROBS: u32 = 20;
-/// Most extra stop token ids.
-pub const MAX_STOP_TOKEN_IDS: usize = 64;
-/// Longest request id.
-pub const MAX_REQUEST_ID_BYTES: usize = 128;
+use tokenfleet_proto::limits;
+pub use tokenfleet_proto::limits::{MAX_REQUEST_ID_BYTES, MAX_STOP_TOKEN_IDS, MAX_TOP_LOGPROBS};
 
 /// What the served model allows.
 #[derive(Debug, Clone)]
@@ -72,58 +68,27 @@ pub struct EngineRequest {
     pub arrival: Instant,
 }
 
-fn check_range(name: &str, v: f32, lo: f32, lo_inclusive: bool, hi: f32) -> Result<f32, InvalidRequest> {
-    let ok_lo = if lo_inclusive { v >= lo } else { v > lo };
-    if v.is_nan() || !ok_lo || v > hi {
-        let bracket = if lo_inclusive { '[' } else { '(' };
-        return Err(InvalidRequest(format!("{name} must be in {bracket}{lo}, {hi}], got {v}")));
-    }
-    Ok(v)
-}
-
-/// Checks and fills in sampling parameters (shared with the gateway's validation).
+/// Checks and fills in sampling parameters.
 pub fn sampling_config(p: Option<&v1::SamplingParams>, vocab_size: usize) -> Result<SamplingConfig, InvalidRequest> {
-    let mut c = SamplingConfig::default();
-    let Some(p) = p else { return Ok(c) };
-    if let Some(t) = p.temperature {
-        c.temperature = check_range("temperature", t, 0.0, true, 100.0)?;
-    }
-    if let Some(k) = p.top_k {
-        if k as usize > vocab_size {
-            return Err(InvalidRequest(format!("top_k must be in [0, {vocab_size}], got {k}")));
-        }
-        c.top_k = k;
-    }
-    if let Some(v) = p.top_p {
-        c.top_p = check_range("top_p", v, 0.0, false, 1.0)?;
-    }
-    if let Some(v) = p.min_p {
-        c.min_p = check_range("min_p", v, 0.0, true, 1.0)?;
-    }
-    if let Some(v) = p.repetition_penalty {
-        c.repetition_penalty = check_range("repetition_penalty", v, 0.0, false, 10.0)?;
-    }
-    if let Some(v) = p.presence_penalty {
-        c.presence_penalty = check_range("presence_penalty", v, -2.0, true, 2.0)?;
-    }
-    if let Some(v) = p.frequency_penalty {
-        c.frequency_penalty = check_range("frequency_penalty", v, -2.0, true, 2.0)?;
-    }
-    Ok(c)
-}
-
-fn check_ids(name: &str, ids: &[u32], vocab: usize) -> Result<(), InvalidRequest> {
-    if let Some((i, t)) = ids.iter().enumerate().find(|(_, t)| **t as usize >= vocab) {
-        return Err(InvalidRequest(format!("{name}[{i}] = {t} is not a token id (vocab_size {vocab})")));
-    }
-    Ok(())
+    let d = SamplingConfig::default();
+    let Some(p) = p else { return Ok(d) };
+    limits::check_sampling(p, vocab_size).map_err(InvalidRequest)?;
+    Ok(SamplingConfig {
+        temperature: p.temperature.unwrap_or(d.temperature),
+        top_k: p.top_k.unwrap_or(d.top_k),
+        top_p: p.top_p.unwrap_or(d.top_p),
+        min_p: p.min_p.unwrap_or(d.min_p),
+        repetition_penalty: p.repetition_penalty.unwrap_or(d.repetition_penalty),
+        presence_penalty: p.presence_penalty.unwrap_or(d.presence_penalty),
+        frequency_penalty: p.frequency_penalty.unwrap_or(d.frequency_penalty),
+    })
 }
 
 /// Turns a worker request into an [`EngineRequest`]. `default_seed` is used when the
 /// request carries none.
 pub fn validate_worker_request(
     r: &v1::WorkerGenerateRequest,
-    limits: &ModelLimits,
+    model: &ModelLimits,
     default_seed: u64,
 ) -> Result<EngineRequest, InvalidRequest> {
     if r.request_id.is_empty() || r.request_id.len() > MAX_REQUEST_ID_BYTES {
@@ -132,14 +97,14 @@ pub fn validate_worker_request(
     if r.prompt_ids.is_empty() {
         return Err(InvalidRequest("prompt_ids is empty".into()));
     }
-    check_ids("prompt_ids", &r.prompt_ids, limits.vocab_size)?;
-    check_ids("generated_ids", &r.generated_ids, limits.vocab_size)?;
-    let sampling = sampling_config(r.sampling.as_ref(), limits.vocab_size)?;
+    limits::check_token_ids("prompt_ids", &r.prompt_ids, model.vocab_size).map_err(InvalidRequest)?;
+    limits::check_token_ids("generated_ids", &r.generated_ids, model.vocab_size).map_err(InvalidRequest)?;
+    let sampling = sampling_config(r.sampling.as_ref(), model.vocab_size)?;
     let stopping = r.stopping.clone().unwrap_or_default();
     if stopping.stop_token_ids.len() > MAX_STOP_TOKEN_IDS {
         return Err(InvalidRequest(format!("at most {MAX_STOP_TOKEN_IDS} stop_token_ids, got {}", stopping.stop_token_ids.len())));
     }
-    check_ids("stop_token_ids", &stopping.stop_token_ids, limits.vocab_size)?;
+    limits::check_token_ids("stop_token_ids", &stopping.stop_token_ids, model.vocab_size).map_err(InvalidRequest)?;
     if r.top_logprobs > MAX_TOP_LOGPROBS {
         return Err(InvalidRequest(format!("top_logprobs must be <= {MAX_TOP_LOGPROBS}, got {}", r.top_logprobs)));
     }
@@ -147,21 +112,21 @@ pub fn validate_worker_request(
         return Err(InvalidRequest(format!("priority must be in [-1000, 1000], got {}", r.priority)));
     }
     let context = r.prompt_ids.len() + r.generated_ids.len();
-    if context >= limits.max_context {
+    if context >= model.max_context {
         return Err(InvalidRequest(format!(
             "prompt ({} tokens) + generated_ids ({}) leaves no room in the model's context of {} tokens",
             r.prompt_ids.len(),
             r.generated_ids.len(),
-            limits.max_context
+            model.max_context
         )));
     }
-    let room = (limits.max_context - r.prompt_ids.len()) as u64;
+    let room = (model.max_context - r.prompt_ids.len()) as u64;
     let max_new = if stopping.max_new_tokens == 0 { room } else { stopping.max_new_tokens as u64 };
     if max_new > room {
         return Err(InvalidRequest(format!(
             "prompt ({} tokens) + max_new_tokens ({max_new}) exceeds the model's context of {} tokens",
             r.prompt_ids.len(),
-            limits.max_context
+            model.max_context
         )));
     }
     if (r.generated_ids.len() as u64) > max_new {

@@ -1,0 +1,153 @@
+//! Builds the gateway from its configuration and serves until SIGTERM, then drains.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokenfleet_proto::v1;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::auth::ApiKeys;
+use crate::config::GatewayArgs;
+use crate::pool::discovery::{DnsTarget, endpoint_uri, run_dns};
+use crate::pool::{Pool, PoolConfig};
+use crate::service::TextGenerationService;
+use crate::state::{Gateway, RequestConfig, Stats};
+use crate::validate::RequestLimits;
+
+fn read(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn worker_tls(a: &GatewayArgs) -> anyhow::Result<Option<ClientTlsConfig>> {
+    let Some(ca) = &a.worker_tls_ca else { return Ok(None) };
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+    if let (Some(c), Some(k)) = (&a.worker_tls_cert, &a.worker_tls_key) {
+        tls = tls.identity(Identity::from_pem(read(c)?, read(k)?));
+    }
+    if let Some(d) = &a.worker_tls_domain {
+        tls = tls.domain_name(d.clone());
+    }
+    Ok(Some(tls))
+}
+
+/// Builds the shared state and starts discovery.
+pub fn build(a: &GatewayArgs) -> anyhow::Result<Arc<Gateway>> {
+    let tls = worker_tls(a)?;
+    let secure = tls.is_some();
+    let pool =
+        Pool::new(PoolConfig { watch_interval_ms: a.watch_interval_ms.clamp(10, 10_000), connect_timeout: Duration::from_secs(3), tls });
+    for w in &a.workers {
+        pool.add(&endpoint_uri(w, secure)).with_context(|| format!("worker address `{w}`"))?;
+    }
+    let targets = a.worker_dns.iter().map(|d| DnsTarget::parse(d, secure)).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
+    if !targets.is_empty() {
+        tokio::spawn(run_dns(pool.clone(), targets, Duration::from_secs(a.dns_refresh_s.max(1))));
+    }
+    if a.workers.is_empty() && a.worker_dns.is_empty() {
+        anyhow::bail!("no workers configured: give --worker URL or --worker-dns HOST:PORT");
+    }
+    let max_inflight = a.max_inflight.max(1);
+    Ok(Arc::new(Gateway {
+        cfg: RequestConfig {
+            policy: a.policy,
+            load_weight: a.load_weight.max(0.0),
+            max_attempts: a.max_failovers,
+            limits: RequestLimits { max_prompt_tokens: a.max_prompt_tokens, max_new_tokens: a.max_new_tokens },
+            stream_buffer: a.stream_buffer.max(1),
+        },
+        pool,
+        inflight: Arc::new(tokio::sync::Semaphore::new(max_inflight)),
+        max_inflight,
+        draining: Default::default(),
+        stats: Stats::default(),
+    }))
+}
+
+async fn set_health(h: &HealthReporter, serving: bool) {
+    let s = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+    h.set_service_status("", s).await;
+    h.set_service_status("tokenfleet.v1.TextGeneration", s).await;
+}
+
+/// Serves until SIGTERM/SIGINT, then drains.
+pub async fn serve(a: GatewayArgs) -> anyhow::Result<()> {
+    let gw = build(&a)?;
+    let keys = ApiKeys::new(a.api_keys.clone());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, false).await;
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tokenfleet_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let k = keys.clone();
+    let api =
+        v1::text_generation_server::TextGenerationServer::with_interceptor(TextGenerationService::new(gw.clone()), move |r| k.check(r));
+    let mut builder = tonic::transport::Server::builder();
+    if let (Some(c), Some(k)) = (&a.tls_cert, &a.tls_key) {
+        builder =
+            builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(read(c)?, read(k)?))).context("TLS configuration")?;
+    }
+    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = builder.add_service(api).add_service(health_service.clone()).add_service(reflection).serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        },
+    );
+    let server_task = tokio::spawn(server);
+    if let Some(addr) = a.health_listen {
+        let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding health port {addr}"))?;
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+        );
+    }
+    tracing::info!(listen = %a.listen, policy = a.policy.as_str(), api_keys = keys.enabled(), tls = a.tls_cert.is_some(), "gateway listening");
+
+    // Health follows the pool: SERVING iff at least one worker is healthy.
+    let gw_h = gw.clone();
+    let health_h = health.clone();
+    let health_task = tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            let serving = !gw_h.is_draining() && gw_h.pool.healthy_count() > 0;
+            if last != Some(serving) {
+                set_health(&health_h, serving).await;
+                tracing::info!(serving, healthy_workers = gw_h.pool.healthy_count(), "gateway health");
+                last = Some(serving);
+            }
+            tokio::select! {
+                _ = gw_h.pool.changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    });
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing SIGTERM handler")?;
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    gw.draining.store(true, Ordering::SeqCst);
+    health_task.abort();
+    set_health(&health, false).await;
+    let deadline = Instant::now() + Duration::from_secs(a.drain_timeout_s);
+    tracing::info!(inflight = gw.inflight_now(), "draining");
+    while gw.inflight_now() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if gw.inflight_now() > 0 {
+        tracing::warn!(inflight = gw.inflight_now(), "drain timeout; exiting with requests in flight");
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(3), server_task).await;
+    Ok(())
+}
