@@ -1,2 +1,30 @@
-//! tokenfleet's CUDA kernels and their launchers. Without the `cuda` feature this crate is
-//! an empty shell so the workspace builds anywhere.
+//! tokenfleet's CUDA kernels (`kernels/cuda/*.cu`, compiled by nvcc in build.rs) and their
+//! checked Rust launchers. See `kernels/KERNELS.md` for the index of ops.
+//!
+//! Without the `cuda` feature this crate holds only the host-side shape rules ([`shapes`]),
+//! so the workspace builds anywhere. With it, the compiled images are embedded.
+
+mod error;
+pub mod module;
+pub mod shapes;
+
+pub use error::KernelError;
+
+#[cfg(feature = "cuda")]
+mod images {
+    include!(concat!(env!("OUT_DIR"), "/kernel_images.rs"));
+}
+
+
+/// ptxas's per-kernel register / spill / stack report of the embedded cubins (empty when the
+/// kernels were not compiled).
+#[cfg(feature = "cuda")]
+pub fn ptxas_report() -> &'static str {
+    images::PTXAS_REPORT
+}
+
+/// Whether device code was compiled into this binary (`Err` says why not).
+#[cfg(feature = "cuda")]
+pub fn compiled() -> Result<(), KernelError> {
+    images::COMPILED.map_err(KernelError::NotCompiled)
+}

@@ -1,0 +1,66 @@
+// Shared device helpers for tokenfleet's kernels. Everything here is force-inlined: the build
+// fails on any stack frame, so no helper may become a real call.
+#pragma once
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+#define TF_DEV __device__ __forceinline__
+
+namespace tf {
+
+// 16-byte read-only load. `ld.global.nc.v4` keeps weight/KV streams out of L1 thrash and is
+// what the SASS check looks for (LDG.E.128.CONSTANT); callers guarantee 16-byte alignment.
+TF_DEV uint4 ldg16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+
+// bf16 → f32 is a 16-bit shift; the low half of a 32-bit word is the lower-indexed element.
+TF_DEV float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
+TF_DEV float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
+
+TF_DEV void unpack8(const uint4 v, float (&f)[8]) {
+  f[0] = bf16_lo(v.x); f[1] = bf16_hi(v.x);
+  f[2] = bf16_lo(v.y); f[3] = bf16_hi(v.y);
+  f[4] = bf16_lo(v.z); f[5] = bf16_hi(v.z);
+  f[6] = bf16_lo(v.w); f[7] = bf16_hi(v.w);
+}
+
+// Round-to-nearest-even pack of two floats, element `a` in the low half.
+TF_DEV uint32_t pack2(float a, float b) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+
+TF_DEV uint4 pack8(const float (&f)[8]) {
+  uint4 v;
+  v.x = pack2(f[0], f[1]); v.y = pack2(f[2], f[3]);
+  v.z = pack2(f[4], f[5]); v.w = pack2(f[6], f[7]);
+  return v;
+}
+
+TF_DEV float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+TF_DEV float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over the block; `scratch` holds one float per warp. Every thread gets the result.
+// Ends with a barrier so `scratch` can be reused at once.
+template <int THREADS>
+TF_DEV float block_sum(float v, float* scratch) {
+  constexpr int WARPS = THREADS / 32;
+  v = warp_sum(v);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float t = lane < WARPS ? scratch[lane] : 0.0f;
+  t = warp_sum(t);
+  __syncthreads();
+  return t;
+}
+
+}  // namespace tf

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# CI check of the CUDA kernels without a GPU (DESIGN.md §7):
+#   1. compiles every kernels/cuda/*.cu with the pinned nvcc 13.0 for sm_80 and sm_90a
+#      (cubins, ptxas -v) and for compute_80 / compute_90 (PTX);
+#   2. fails on any kernel with spill bytes or a stack frame;
+#   3. with cuobjdump, checks the SASS: tensor-core MMA in prefill attention (HMMA on sm_80,
+#      HMMA or HGMMA on sm_90a) and 128-bit global loads in the streaming kernels (decode
+#      attention, embedding, norms, SiLU·mul);
+# and prints a short table. Exit status ≠ 0 on any failure.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ -z "${NVCC:-}" ]]; then
+  NVCC="$("$ROOT/scripts/install-cuda-toolchain.sh" | tail -n1)"
+fi
+BIN="$(dirname "$NVCC")"
+CUOBJDUMP="${CUOBJDUMP:-$BIN/cuobjdump}"
+CCCL="$(dirname "$BIN")/include/cccl"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+"$NVCC" --version | grep -q "release 13.0" || { echo "check-kernels: $NVCC is not nvcc 13.0" >&2; exit 1; }
+
+fail=0
+declare -a jobs=()
+for cu in "$ROOT"/kernels/cuda/*.cu; do
+  name="$(basename "$cu" .cu)"
+  for arch in sm_80 sm_90a; do
+    ( "$NVCC" -O3 -std=c++17 -Werror all-warnings -Xptxas -v -cubin "-gencode=arch=compute_${arch#sm_},code=$arch" \
+        -I"$CCCL" -o "$WORK/$name.$arch.cubin" "$cu" >"$WORK/$name.$arch.log" 2>&1 \
+      || { echo "FAILED" >>"$WORK/$name.$arch.log"; } ) &
+    jobs+=($!)
+  done
+  for arch in compute_80 compute_90; do
+    ( "$NVCC" -O3 -std=c++17 -Werror all-warnings -ptx "-arch=$arch" -I"$CCCL" -o "$WORK/$name.$arch.ptx" "$cu" \
+        >"$WORK/$name.$arch.log" 2>&1 || { echo "FAILED" >>"$WORK/$name.$arch.log"; } ) &
+    jobs+=($!)
+  done
+  # Two cores on CI machines: keep at most four compilers alive.
+  while (( $(jobs -rp | wc -l) >= 4 )); do wait -n || true; done
+done
+wait
+
+for log in "$WORK"/*.log; do
+  if grep -q "^FAILED" "$log"; then
+    echo "check-kernels: compile failed: $(basename "$log" .log)" >&2
+    cat "$log" >&2
+    fail=1
+  fi
+done
+(( fail == 0 )) || exit 1
+
+# Dump SASS once per cubin.
+for cubin in "$WORK"/*.cubin; do
+  "$CUOBJDUMP" -sass "$cubin" >"${cubin%.cubin}.sass"
+done
+
+python3 - "$WORK" <<'PY' || fail=1
+import glob, os, re, sys
+work = sys.argv[1]
+rows, bad = [], []
+# ptxas: registers / stack / spills per kernel per arch.
+for log in sorted(glob.glob(os.path.join(work, "*.sm_*.log"))):
+    mod, arch = os.path.basename(log)[:-4].split(".")
+    cur, info = None, {}
+    for line in open(log):
+        m = re.search(r"Compiling entry function '([^']+)'", line) or re.search(r"Function properties for (\S+)", line)
+        if m:
+            cur = m.group(1); info.setdefault(cur, {"regs": 0, "stack": 0, "st": 0, "ld": 0}); continue
+        if cur is None: continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            info[cur].update(stack=int(m.group(1)), st=int(m.group(2)), ld=int(m.group(3)))
+        m = re.search(r"Used (\d+) registers", line)
+        if m: info[cur]["regs"] = int(m.group(1))
+    for fn, i in sorted(info.items()):
+        ok = i["stack"] == 0 and i["st"] == 0 and i["ld"] == 0
+        rows.append((mod, arch, fn, i["regs"], i["stack"], i["st"] + i["ld"], "ok" if ok else "SPILL/STACK"))
+        if not ok: bad.append(f"{mod} {arch} {fn}: stack {i['stack']} spill {i['st']}+{i['ld']}")
+
+def sass_functions(path):
+    """{function: sass text} of one cuobjdump -sass dump."""
+    out, cur = {}, None
+    for line in open(path):
+        m = re.search(r"Function : (\S+)", line)
+        if m: cur = m.group(1); out[cur] = []; continue
+        if cur: out[cur].append(line)
+    return {k: "".join(v) for k, v in out.items()}
+
+checks = []  # (module, arch, kernel prefix, what, regex)
+for arch in ("sm_80", "sm_90a"):
+    mma = r"\bHMMA\b" if arch == "sm_80" else r"\b(HMMA|HGMMA)\b"
+    checks.append(("attention_prefill", arch, "tf_attn_prefill", "tensor-core MMA", mma))
+    ld128 = r"\bLDG\.E(\.[A-Z0-9_]+)*\.128\b"
+    for mod, prefix in (("attention_decode", "tf_attn_decode_hd"), ("embedding", "tf_embedding_gather"),
+                        ("rmsnorm", "tf_"), ("silu_mul", "tf_silu_mul")):
+        checks.append((mod, arch, prefix, "128-bit loads", ld128))
+sass_rows = []
+for mod, arch, prefix, what, rx in checks:
+    funcs = sass_functions(os.path.join(work, f"{mod}.{arch}.sass"))
+    targets = {k: v for k, v in funcs.items() if k.startswith(prefix)}
+    if not targets:
+        bad.append(f"{mod} {arch}: no kernel named {prefix}* in the SASS"); continue
+    for fn, text in sorted(targets.items()):
+        hits = len(re.findall(rx, text))
+        sass_rows.append((mod, arch, fn, what, hits, "ok" if hits else "MISSING"))
+        if not hits: bad.append(f"{mod} {arch} {fn}: no {what} in SASS")
+    # Local memory use shows as LDL/STL even where ptxas reports no spill.
+    for fn, text in sorted(funcs.items()):
+        if re.search(r"\b(LDL|STL)\b", text): bad.append(f"{mod} {arch} {fn}: local memory (LDL/STL) in SASS")
+
+print(f"{'module':<18} {'arch':<7} {'kernel':<30} {'regs':>4} {'stack':>5} {'spill':>5}  status")
+for r in rows: print(f"{r[0]:<18} {r[1]:<7} {r[2]:<30} {r[3]:>4} {r[4]:>5} {r[5]:>5}  {r[6]}")
+print()
+print(f"{'module':<18} {'arch':<7} {'kernel':<30} {'SASS check':<16} {'hits':>5}  status")
+for r in sass_rows: print(f"{r[0]:<18} {r[1]:<7} {r[2]:<30} {r[3]:<16} {r[4]:>5}  {r[5]}")
+if bad:
+    print("\ncheck-kernels: FAILED", *bad, sep="\n  ", file=sys.stderr); sys.exit(1)
+print("\ncheck-kernels: ok")
+PY
+exit $fail
