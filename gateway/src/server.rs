@@ -80,11 +80,14 @@ pub async fn serve(a: GatewayArgs) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, false).await;
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tokenfleet_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building the reflection service")?;
+    // v1 for current tools (grpcurl), v1alpha for clients that only speak it (grpcio's).
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tokenfleet_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder().build_v1().context("building the reflection service")?;
+    let reflection_alpha = reflection_builder().build_v1alpha().context("building the reflection service")?;
     let k = keys.clone();
     let api =
         v1::text_generation_server::TextGenerationServer::with_interceptor(TextGenerationService::new(gw.clone()), move |r| k.check(r));
@@ -95,12 +98,14 @@ pub async fn serve(a: GatewayArgs) -> anyhow::Result<()> {
     }
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = builder.add_service(api).add_service(health_service.clone()).add_service(reflection).serve_with_incoming_shutdown(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        async move {
+    let server = builder
+        .add_service(api)
+        .add_service(health_service.clone())
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
             let _ = stop_rx.wait_for(|s| *s).await;
-        },
-    );
+        });
     let server_task = tokio::spawn(server);
     if let Some(addr) = a.health_listen {
         let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding health port {addr}"))?;

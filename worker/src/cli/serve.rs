@@ -183,17 +183,21 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         shutdown: shutdown_rx,
     });
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tokenfleet_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building the reflection service")?;
+    // v1 for current tools (grpcurl), v1alpha for clients that only speak it (grpcio's).
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tokenfleet_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder().build_v1().context("building the reflection service")?;
+    let reflection_alpha = reflection_builder().build_v1alpha().context("building the reflection service")?;
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = tonic::transport::Server::builder()
         .add_service(v1::worker_server::WorkerServer::new(WorkerService::new(state.clone())))
         .add_service(health_service.clone())
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         });
