@@ -87,6 +87,8 @@ async fn drive(
     };
     let mut excluded: Vec<String> = Vec::new();
     let mut attempt = 0u32;
+    // Workers that refused for capacity (not failure): all of them ⇒ RESOURCE_EXHAUSTED.
+    let mut saturated = 0u32;
     loop {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(GatewayError::DeadlineExceeded);
@@ -96,6 +98,7 @@ async fn drive(
         let choice = match routing::choose(gw.cfg.policy, &candidates, &hashes, &excluded, rr, gw.cfg.load_weight) {
             Ok(c) => c,
             Err(routing::NoWorker::AllSaturated) if p.generated.is_empty() => return Err(GatewayError::Saturated),
+            Err(routing::NoWorker::NoneHealthy) if p.generated.is_empty() && saturated > 0 => return Err(GatewayError::Saturated),
             Err(routing::NoWorker::NoneHealthy) if p.generated.is_empty() && attempt == 0 => return Err(GatewayError::NoHealthyWorker),
             Err(e) => {
                 return Err(GatewayError::FailoverExhausted(format!("no worker left to continue on ({e:?}) after {attempt} attempts")));
@@ -138,7 +141,9 @@ async fn drive(
                 span.in_scope(
                     || tracing::warn!(worker = %w.endpoint, code = ?s.code(), msg = s.message(), "worker refused; trying another"),
                 );
-                if s.code() != tonic::Code::ResourceExhausted {
+                if s.code() == tonic::Code::ResourceExhausted {
+                    saturated += 1;
+                } else {
                     w.mark_unhealthy();
                 }
                 excluded.push(w.endpoint.clone());
@@ -150,6 +155,7 @@ async fn drive(
             }
         };
         // Stream until the end, a break, the client leaving or the deadline.
+        let tokens_before = p.generated.len();
         let broke: Status = loop {
             let next = tokio::select! {
                 m = stream.next() => m,
@@ -169,11 +175,19 @@ async fn drive(
         if !retryable(broke.code()) {
             return Err(GatewayError::Worker(broke));
         }
-        span.in_scope(|| tracing::warn!(worker = %w.endpoint, code = ?broke.code(), msg = broke.message(), tokens = p.generated.len(), "worker stream broke; failing over"));
-        w.mark_unhealthy();
+        if broke.code() == tonic::Code::ResourceExhausted && p.generated.len() == tokens_before {
+            // Refused at admission (its queue is full): another worker may have room.
+            saturated += 1;
+        } else {
+            span.in_scope(|| tracing::warn!(worker = %w.endpoint, code = ?broke.code(), msg = broke.message(), tokens = p.generated.len(), "worker stream broke; failing over"));
+            w.mark_unhealthy();
+        }
         excluded.push(w.endpoint.clone());
         attempt += 1;
         if attempt > gw.cfg.max_attempts {
+            if p.generated.is_empty() && saturated > 0 {
+                return Err(GatewayError::Saturated);
+            }
             return Err(GatewayError::FailoverExhausted(broke.message().to_string()));
         }
     }

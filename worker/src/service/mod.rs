@@ -154,6 +154,11 @@ impl v1::worker_server::Worker for WorkerService {
         if !st.ready.load(Ordering::SeqCst) {
             return Err(WorkerError::NotReady.into());
         }
+        // Refuse at once when the queue is full, rather than after the stream started.
+        let load = st.handle.load();
+        if load.waiting >= st.info.max_waiting {
+            return Err(WorkerError::Admit(crate::engine::scheduler::AdmitError::QueueFull(st.info.max_waiting as usize)).into());
+        }
         let r = request.into_inner();
         let req = validate_worker_request(&r, &st.limits, rand::random()).map_err(WorkerError::from)?;
         let span = tracing::info_span!("request", request_id = %req.id, prompt_tokens = req.prompt.len(), resumed = req.generated.len());
