@@ -21,7 +21,15 @@ pub fn tiny_model() -> Model {
 }
 
 pub fn model_for(preset: &str, seed: u64) -> Model {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("models/{preset}-s{seed}"));
+    Model::load(&model_dir(preset, seed)).unwrap()
+}
+
+/// Bumped whenever gen-model's weights change, so cached test models are remade.
+const GEN_VERSION: u32 = 2;
+
+/// The directory of a cached 2-layer random model (made on first use).
+pub fn model_dir(preset: &str, seed: u64) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("models/{preset}-s{seed}-v{GEN_VERSION}"));
     if !dir.join("model.safetensors").exists() {
         // Write into a private dir and rename, so parallel test binaries never see half a model.
         let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
@@ -32,7 +40,7 @@ pub fn model_for(preset: &str, seed: u64) -> Model {
             let _ = std::fs::remove_dir_all(&tmp);
         }
     }
-    Model::load(&dir).unwrap()
+    dir
 }
 
 pub fn request(id: &str, prompt: Vec<u32>, sampling: SamplingConfig, seed: u64, max_new: u32) -> EngineRequest {
