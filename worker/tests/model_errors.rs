@@ -127,7 +127,8 @@ fn sharded_checkpoints_load_like_single_files() {
     use tokenfleet_worker::model::presets::Preset;
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sharded-tiny-tied");
     let _ = std::fs::remove_dir_all(&dir);
-    let spec = GenModelSpec { preset: Preset::find("tiny-tied").unwrap(), layers: 2, seed: 2, dtype: DType::BF16, max_shard_bytes: 8 << 20 };
+    let spec =
+        GenModelSpec { preset: Preset::find("tiny-tied").unwrap(), layers: 2, seed: 2, dtype: DType::BF16, max_shard_bytes: 8 << 20 };
     write_random_model(&spec, &dir, |_| {}).unwrap();
     assert!(dir.join("model.safetensors.index.json").exists());
     let sharded = Model::load(&dir).unwrap();
