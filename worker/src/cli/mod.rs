@@ -1,6 +1,7 @@
 //! The `tokenfleet-worker` command line. Errors are reported once, on stderr, with the
 //! whole cause chain, and turn into a non-zero exit code — never a panic.
 
+mod bench_engine;
 mod convert;
 mod gen_model;
 mod generate;
@@ -36,6 +37,8 @@ enum Command {
     GenModel(gen_model::GenModelArgs),
     /// Convert a Llama-architecture GGUF file into a Hugging Face model directory.
     ConvertGguf(convert::ConvertArgs),
+    /// Time prefill and decode steps of the backend (and the scheduler alone).
+    BenchEngine(bench_engine::BenchEngineArgs),
 }
 
 /// Parses arguments, runs the command, maps errors to exit code 1.
@@ -48,6 +51,7 @@ pub fn main() -> ExitCode {
         Command::Generate(a) => generate::run(a),
         Command::GenModel(a) => gen_model::run(a),
         Command::ConvertGguf(a) => convert::run(a),
+        Command::BenchEngine(a) => bench_engine::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -174,7 +174,8 @@ mod tests {
 
     #[test]
     fn every_bad_field_is_named() {
-        let cases: Vec<(Box<dyn Fn(&mut v1::WorkerGenerateRequest)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut v1::WorkerGenerateRequest)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|r| r.prompt_ids.clear()), "prompt_ids"),
             (Box::new(|r| r.prompt_ids.push(100)), "prompt_ids[3]"),
             (Box::new(|r| r.request_id.clear()), "request_id"),

@@ -330,8 +330,8 @@ impl Scheduler {
             let full = seq.num_computed / BLOCK_SIZE;
             if full > seq.registered {
                 let hashes = seq.block_hashes(seed, full).to_vec();
-                for b in seq.registered..full {
-                    self.blocks.register(seq.blocks[b], hashes[b]);
+                for (block, hash) in seq.blocks[seq.registered..full].iter().zip(&hashes[seq.registered..full]) {
+                    self.blocks.register(*block, *hash);
                 }
                 seq.registered = full;
             }

@@ -46,7 +46,7 @@ pub fn config_json(g: &GgufFile, torch_dtype: &str) -> Result<Json, ConvertError
         .get("llama.attention.key_length")
         .or_else(|| g.get("llama.rope.dimension_count"))
         .and_then(Value::as_u64)
-        .unwrap_or(if heads > 0 { hidden / heads } else { 0 });
+        .unwrap_or(hidden.checked_div(heads).unwrap_or(0));
     let vocab = match g.get("llama.vocab_size").and_then(Value::as_u64) {
         Some(v) => v,
         None => g.get("tokenizer.ggml.tokens").and_then(Value::as_array).map(|a| a.len() as u64).ok_or_else(|| err(g, "no vocab size"))?,
@@ -128,7 +128,7 @@ pub fn unpermute_rows(src: &[f32], heads: usize, cols: usize) -> Vec<f32> {
 }
 
 /// Writes the HF directory for `g` into `outdir`. `on_bytes` reports progress.
-pub fn convert(g: &GgufFile, outdir: &Path, dtype: DType, mut on_bytes: impl FnMut(u64)) -> Result<(), ConvertError> {
+pub fn convert(g: &GgufFile, outdir: &Path, dtype: DType, on_bytes: impl FnMut(u64)) -> Result<(), ConvertError> {
     let torch_dtype = match dtype {
         DType::BF16 => "bfloat16",
         DType::F16 => "float16",
@@ -174,7 +174,7 @@ pub fn convert(g: &GgufFile, outdir: &Path, dtype: DType, mut on_bytes: impl FnM
             encode_f32(&values, spec.dtype, buf);
             Ok(())
         },
-        |n| on_bytes(n),
+        on_bytes,
     )?;
     Ok(())
 }

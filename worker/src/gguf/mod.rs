@@ -251,7 +251,7 @@ impl GgufFile {
                 dims.iter().try_fold(1u64, |a, d| a.checked_mul(*d)).ok_or_else(|| err(format!("tensor `{name}` size overflows")))?
                     as usize;
             let (be, bb) = ty.block();
-            if numel % be != 0 {
+            if !numel.is_multiple_of(be) {
                 return Err(err(format!("tensor `{name}` has {numel} elements, not a multiple of its block size {be}")));
             }
             let start = data_start + offset as usize;

@@ -180,13 +180,13 @@ impl ModelConfig {
                 return Err(ModelError::invalid(path, format!("{name} must be > 0")));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(ModelError::invalid(
                 path,
                 format!("num_attention_heads {} is not a multiple of num_key_value_heads {}", self.num_heads, self.num_kv_heads),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(ModelError::invalid(path, format!("head_dim {} must be even for rotary embeddings", self.head_dim)));
         }
         if self.vocab_size > u32::MAX as usize {

@@ -87,7 +87,7 @@ mod tests {
             vocab_size: 10,
             rms_norm_eps: 1e-5,
             rope_theta: 500000.0,
-            rope_scaling: scaling.then(|| Llama3RopeScaling {
+            rope_scaling: scaling.then_some(Llama3RopeScaling {
                 factor: 8.0,
                 low_freq_factor: 1.0,
                 high_freq_factor: 4.0,

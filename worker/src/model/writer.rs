@@ -73,7 +73,7 @@ where
             weight_map.insert(s.name.clone(), Value::String(fname.clone()));
         }
         let mut hbytes = serde_json::to_vec(&Value::Object(header)).map_err(|e| ModelError::invalid(&path, e.to_string()))?;
-        while hbytes.len() % 8 != 0 {
+        while !hbytes.len().is_multiple_of(8) {
             hbytes.push(b' ');
         }
         let file = std::fs::File::create(&path).map_err(|e| ModelError::io(&path, e))?;

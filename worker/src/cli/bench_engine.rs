@@ -1,0 +1,206 @@
+//! `bench-engine`: backend step times without the server — prefill of `batch` prompts of
+//! `prompt-len` tokens in one step, then `gen-len` decode steps of the whole batch — plus
+//! the scheduler's own cost per step with a no-op backend. Medians of several runs after
+//! warm-up; JSON with `--json`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde_json::json;
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::synthetic::SyntheticBackend;
+use crate::backend::{BLOCK_SIZE, Backend, SeqChunk, StepBatch};
+use crate::engine::request::EngineRequest;
+use crate::engine::sampler::{SampleSpec, SamplingConfig};
+use crate::engine::scheduler::SchedulerConfig;
+use crate::engine::{EngineCore, Scheduler};
+use crate::model::Model;
+
+#[derive(Debug, Args)]
+pub struct BenchEngineArgs {
+    /// Model directory.
+    #[arg(long, required_unless_present = "scheduler_only")]
+    model: Option<PathBuf>,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Prompt tokens per sequence.
+    #[arg(long, default_value_t = 512)]
+    prompt_len: usize,
+    /// Decode steps timed.
+    #[arg(long, default_value_t = 32)]
+    gen_len: usize,
+    /// Timed prefill repetitions (after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Measure only the scheduler with a no-op backend and this many running sequences.
+    #[arg(long)]
+    scheduler_only: Option<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Random-but-fixed prompts that never repeat across repetitions (no prefix reuse).
+fn prompt(vocab: usize, seq: usize, rep: usize, len: usize) -> Vec<u32> {
+    let mut x = (seq as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (rep as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// A step of `tokens[s]` for each sequence s, each sequence owning a contiguous run of
+/// blocks starting at `s * blocks_per_seq`, with positions starting at `start`.
+fn step_batch(tokens: &[Vec<u32>], start: usize, blocks_per_seq: usize) -> StepBatch {
+    let mut b = StepBatch::default();
+    for (s, toks) in tokens.iter().enumerate() {
+        let table: Vec<u32> = (0..blocks_per_seq).map(|i| (s * blocks_per_seq + i) as u32).collect();
+        let token_start = b.token_ids.len();
+        for (j, t) in toks.iter().enumerate() {
+            let pos = start + j;
+            b.token_ids.push(*t);
+            b.positions.push(pos as u32);
+            b.slot_mapping.push(table[pos / BLOCK_SIZE] * BLOCK_SIZE as u32 + (pos % BLOCK_SIZE) as u32);
+        }
+        let context_len = start + toks.len();
+        b.seqs.push(SeqChunk {
+            token_start,
+            num_tokens: toks.len(),
+            context_len,
+            block_table: table[..context_len.div_ceil(BLOCK_SIZE)].to_vec(),
+        });
+        b.samples.push(SampleSpec {
+            seq: s,
+            config: SamplingConfig::greedy(),
+            seed: 0,
+            token_index: 0,
+            penalties: vec![],
+            suppress: vec![],
+            top_logprobs: 0,
+        });
+    }
+    b
+}
+
+pub fn run(a: BenchEngineArgs) -> anyhow::Result<()> {
+    let out = match a.scheduler_only {
+        Some(n) => scheduler_overhead(n)?,
+        None => backend_steps(&a)?,
+    };
+    let mut stdout = std::io::stdout().lock();
+    if a.json {
+        writeln!(stdout, "{out}")?;
+    } else {
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&out)?)?;
+    }
+    Ok(())
+}
+
+fn backend_steps(a: &BenchEngineArgs) -> anyhow::Result<serde_json::Value> {
+    let Some(dir) = &a.model else { bail!("--model is required") };
+    if a.batch == 0 || a.prompt_len == 0 {
+        bail!("--batch and --prompt-len must be at least 1");
+    }
+    let model = Model::load(dir)?;
+    let vocab = model.config.vocab_size;
+    let blocks_per_seq = (a.prompt_len + a.gen_len + 1).div_ceil(BLOCK_SIZE);
+    let mut backend = CpuBackend::new(&model, a.batch * blocks_per_seq);
+
+    let mut prefill = Vec::new();
+    for rep in 0..=a.repeats {
+        let prompts: Vec<Vec<u32>> = (0..a.batch).map(|s| prompt(vocab, s, rep, a.prompt_len)).collect();
+        let batch = step_batch(&prompts, 0, blocks_per_seq);
+        let t = Instant::now();
+        backend.execute(&batch).context("prefill step")?;
+        if rep > 0 {
+            prefill.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    // Decode after the last prefill: one token per sequence per step.
+    let mut decode = Vec::new();
+    let mut last: Vec<Vec<u32>> = (0..a.batch).map(|s| vec![(s as u32 * 7 + 1) % vocab as u32]).collect();
+    for i in 0..a.gen_len + 2 {
+        let batch = step_batch(&last, a.prompt_len + i, blocks_per_seq);
+        let t = Instant::now();
+        let sampled = backend.execute(&batch).context("decode step")?;
+        if i >= 2 {
+            decode.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        last = sampled.iter().map(|s| vec![s.token]).collect();
+    }
+    let prefill_ms = median(prefill);
+    let decode_ms = median(decode);
+    let info = backend.info();
+    Ok(json!({
+        "backend": info.name, "device": info.device, "dtype": info.dtype, "model": model.id,
+        "batch": a.batch, "prompt_len": a.prompt_len, "gen_len": a.gen_len,
+        "prefill_ms": prefill_ms,
+        "prefill_tokens_per_s": (a.batch * a.prompt_len) as f64 / (prefill_ms / 1e3),
+        "decode_step_ms": decode_ms,
+        "decode_tokens_per_s": a.batch as f64 / (decode_ms / 1e3),
+        "threads": rayon::current_num_threads(),
+    }))
+}
+
+/// Time per engine step (plan + resolve + bookkeeping) with `n` running sequences and a
+/// backend that computes nothing.
+fn scheduler_overhead(n: usize) -> anyhow::Result<serde_json::Value> {
+    let blocks = n * 8 + 64;
+    let cfg = SchedulerConfig {
+        max_batch_tokens: n.max(1) * 64,
+        max_running: n.max(1),
+        max_waiting: n.max(1),
+        max_context: 4096,
+        eos_token_ids: vec![],
+        block_hash_seed: 1,
+    };
+    let mut core = EngineCore::new(Scheduler::new(cfg, blocks), Box::new(SyntheticBackend::new(32000, blocks, Duration::ZERO, vec![])));
+    let mut rxs = Vec::new();
+    for i in 0..n {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let req = EngineRequest {
+            id: format!("r{i}"),
+            prompt: prompt(32000, i, 0, 32),
+            generated: vec![],
+            sampling: SamplingConfig::greedy(),
+            seed: 0,
+            max_new_tokens: 64,
+            min_new_tokens: 0,
+            stop_token_ids: vec![],
+            ignore_eos: true,
+            top_logprobs: 0,
+            logprobs: false,
+            priority: 0,
+            arrival: Instant::now(),
+        };
+        core.submit(req, tx);
+        rxs.push(rx);
+    }
+    core.step().context("prefill step")?;
+    let mut times = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        core.step().context("decode step")?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+        for rx in rxs.iter_mut() {
+            while rx.try_recv().is_ok() {}
+        }
+    }
+    Ok(json!({"running": n, "scheduler_step_us": median(times), "backend": "synthetic (no compute)"}))
+}
