@@ -25,14 +25,29 @@ const TARGETS: &[(&str, &[&str], bool)] = &[
     ("compute90.ptx", &["-ptx", "-arch=compute_90"], false),
 ];
 
+/// (module, target suffix, nvcc's stderr or the failure text)
+type JobResult = (String, String, Result<String, String>);
+
 fn main() {
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    // A failed build script must stop the build with a readable message (exit ≠ 0).
+    if let Err(e) = run() {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
+}
+
+fn io(what: &str) -> impl FnOnce(std::io::Error) -> String + '_ {
+    move |e| format!("tokenfleet-kernels build: {what}: {e}")
+}
+
+fn run() -> Result<(), String> {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| format!("CARGO_MANIFEST_DIR: {e}"))?);
+    let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| format!("OUT_DIR: {e}"))?);
     let cuda_dir = manifest.join("cuda");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={}", cuda_dir.display());
-    for entry in fs::read_dir(&cuda_dir).expect("kernels/cuda exists") {
-        println!("cargo:rerun-if-changed={}", entry.expect("readable dir entry").path().display());
+    for entry in fs::read_dir(&cuda_dir).map_err(io("read kernels/cuda"))? {
+        println!("cargo:rerun-if-changed={}", entry.map_err(io("read kernels/cuda"))?.path().display());
     }
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=PATH");
@@ -43,34 +58,32 @@ fn main() {
 
     let gen_path = out_dir.join("kernel_images.rs");
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
-        fs::write(&gen_path, not_compiled("the `cuda` feature is off")).expect("write kernel_images.rs");
-        return;
+        return fs::write(&gen_path, not_compiled("the `cuda` feature is off")).map_err(io("write kernel_images.rs"));
     }
     let Some(nvcc) = find_nvcc(&venv) else {
         println!(
             "cargo:warning=tokenfleet-kernels: feature `cuda` is on but nvcc was not found (set NVCC, put nvcc on PATH, or run \
              scripts/install-cuda-toolchain.sh); launchers will return KernelError::NotCompiled"
         );
-        fs::write(&gen_path, not_compiled("nvcc was not found at build time")).expect("write kernel_images.rs");
-        return;
+        return fs::write(&gen_path, not_compiled("nvcc was not found at build time")).map_err(io("write kernel_images.rs"));
     };
 
     let img_dir = out_dir.join("kernels");
-    fs::create_dir_all(&img_dir).expect("create OUT_DIR/kernels");
+    fs::create_dir_all(&img_dir).map_err(io("create OUT_DIR/kernels"))?;
     let include_cccl = nvcc.parent().and_then(Path::parent).map(|p| p.join("include").join("cccl"));
 
     // Every (module, target) job; run two at a time (nvcc is single-threaded per job and
     // build machines may be small).
     let jobs: Vec<(&str, usize)> = MODULES.iter().flat_map(|m| (0..TARGETS.len()).map(move |t| (*m, t))).collect();
     let next = Mutex::new(0usize);
-    let results: Mutex<Vec<(String, String, Result<String, String>)>> = Mutex::new(Vec::new());
+    let results: Mutex<Vec<JobResult>> = Mutex::new(Vec::new());
     let threads = env::var("NUM_JOBS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(2).clamp(1, 8);
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
                 loop {
                     let idx = {
-                        let mut n = next.lock().expect("job counter");
+                        let mut n = next.lock().unwrap_or_else(|p| p.into_inner());
                         let i = *n;
                         *n += 1;
                         i
@@ -90,13 +103,13 @@ fn main() {
                         Ok(o) => Err(format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))),
                         Err(e) => Err(format!("could not run {}: {e}", nvcc.display())),
                     };
-                    results.lock().expect("results").push((module.to_string(), suffix.to_string(), res));
+                    results.lock().unwrap_or_else(|p| p.into_inner()).push((module.to_string(), suffix.to_string(), res));
                 }
             });
         }
     });
 
-    let mut results = results.into_inner().expect("results");
+    let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
     results.sort();
     let mut report = String::new();
     let mut failures = Vec::new();
@@ -121,9 +134,9 @@ fn main() {
             Ok(_) => {}
         }
     }
-    fs::write(out_dir.join("ptxas-report.txt"), &report).expect("write ptxas report");
+    fs::write(out_dir.join("ptxas-report.txt"), &report).map_err(io("write ptxas report"))?;
     if !failures.is_empty() {
-        panic!("CUDA kernel build failed:\n{}", failures.join("\n"));
+        return Err(format!("CUDA kernel build failed:\n{}", failures.join("\n")));
     }
 
     let mut code = String::from("// @generated by kernels/build.rs\n");
@@ -142,7 +155,7 @@ fn main() {
         );
     }
     code.push_str("];\n");
-    fs::write(&gen_path, code).expect("write kernel_images.rs");
+    fs::write(&gen_path, code).map_err(io("write kernel_images.rs"))
 }
 
 fn not_compiled(why: &str) -> String {
@@ -209,17 +222,13 @@ fn parse_ptxas(log: &str) -> Vec<FnInfo> {
         } else if let Some(rest) = line.split("Compiling entry function '").nth(1) {
             let name = rest.split('\'').next().unwrap_or(rest);
             current = Some(index_of(name, &mut out));
-        } else if line.contains("bytes stack frame") {
-            if let Some(i) = current {
-                out[i].stack = num_before(line, "stack frame");
-                out[i].spill_st = num_before(line, "spill stores");
-                out[i].spill_ld = num_before(line, "spill loads");
-            }
-        } else if line.contains("registers") {
-            if let Some(i) = current {
-                out[i].regs = num_before(line, "registers");
-                out[i].smem = num_before(line, "bytes smem");
-            }
+        } else if let (true, Some(i)) = (line.contains("bytes stack frame"), current) {
+            out[i].stack = num_before(line, "stack frame");
+            out[i].spill_st = num_before(line, "spill stores");
+            out[i].spill_ld = num_before(line, "spill loads");
+        } else if let (true, Some(i)) = (line.contains("registers"), current) {
+            out[i].regs = num_before(line, "registers");
+            out[i].smem = num_before(line, "bytes smem");
         }
     }
     out

@@ -6,6 +6,9 @@
 #   3. with cuobjdump, checks the SASS: tensor-core MMA in prefill attention (HMMA on sm_80,
 #      HMMA or HGMMA on sm_90a) and 128-bit global loads in the streaming kernels (decode
 #      attention, embedding, norms, SiLU·mul);
+#   4. builds, lints and unit-tests tokenfleet-kernels with `--features cuda` (build.rs
+#      embeds the images and enforces the same no-spill rule; the host-side tests need no
+#      GPU). CHECK_KERNELS_SKIP_CARGO=1 skips this step.
 # and prints a short table. Exit status ≠ 0 on any failure.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -116,4 +119,12 @@ if bad:
     print("\ncheck-kernels: FAILED", *bad, sep="\n  ", file=sys.stderr); sys.exit(1)
 print("\ncheck-kernels: ok")
 PY
-exit $fail
+(( fail == 0 )) || exit 1
+
+if [[ "${CHECK_KERNELS_SKIP_CARGO:-0}" != "1" ]]; then
+  export NVCC CARGO_TARGET_DIR="${CARGO_TARGET_DIR_CUDA:-$ROOT/target-cuda}"
+  cd "$ROOT"
+  cargo build -p tokenfleet-kernels --features cuda --locked
+  cargo clippy -p tokenfleet-kernels --all-targets --features cuda --locked -- -D warnings
+  cargo test -p tokenfleet-kernels --features cuda --locked
+fi

@@ -23,6 +23,8 @@ constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxPartition = 512;  // tokens per split (multiple of 16)
 constexpr float kLog2e = 1.4426950408889634f;
+// Key/value rows each thread loads before using any: loads in flight per thread.
+constexpr int kUnroll = 4;
 
 template <int HD, int GT>
 struct DecodeSmem {
@@ -77,15 +79,16 @@ TF_DEV void attn_decode(const __nv_bfloat16* __restrict__ q, long long q_stride,
   __syncthreads();
 
   float* scores = smem;  // [GT][kMaxPartition]
-  // Phase 1: scores. Two rows per thread per iteration keep two 16-byte loads in flight.
+  // Phase 1: scores. kUnroll rows per thread per iteration keep that many 16-byte loads in
+  // flight.
   // The loop bound is warp-uniform (the shuffles below need every lane); rows past the end
   // are masked instead.
-  for (int wbase = warp * TPW; wbase < n; wbase += 2 * kWarps * TPW) {
+  for (int wbase = warp * TPW; wbase < n; wbase += kUnroll * kWarps * TPW) {
     const int base = wbase + lane / TPT;
-    uint4 kr[2];
-    bool ok[2];
+    uint4 kr[kUnroll];
+    bool ok[kUnroll];
 #pragma unroll
-    for (int u = 0; u < 2; ++u) {
+    for (int u = 0; u < kUnroll; ++u) {
       const int j = base + u * kWarps * TPW;
       const int page = j < n ? pages[j / 16] : -1;
       ok[u] = page >= 0;
@@ -93,7 +96,7 @@ TF_DEV void attn_decode(const __nv_bfloat16* __restrict__ q, long long q_stride,
       kr[u] = ok[u] ? tf::ldg16(k_cache + off) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
-    for (int u = 0; u < 2; ++u) {
+    for (int u = 0; u < kUnroll; ++u) {
       const int j = base + u * kWarps * TPW;
       float kf[8];
       tf::unpack8(kr[u], kf);
@@ -138,17 +141,17 @@ TF_DEV void attn_decode(const __nv_bfloat16* __restrict__ q, long long q_stride,
 #pragma unroll
     for (int i = 0; i < 8; ++i) acc[g][i] = 0.f;
   const int tl = tid / TPT;
-  for (int base = tl; base < n; base += 2 * NL) {
-    uint4 vr[2];
+  for (int base = tl; base < n; base += kUnroll * NL) {
+    uint4 vr[kUnroll];
 #pragma unroll
-    for (int u = 0; u < 2; ++u) {
+    for (int u = 0; u < kUnroll; ++u) {
       const int j = base + u * NL;
       const int page = j < n ? pages[j / 16] : -1;
       const size_t off = (((size_t)page * 16 + ((start + j) & 15)) * num_kv_heads + kvh) * HD + sub * 8;
       vr[u] = page >= 0 ? tf::ldg16(v_cache + off) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
-    for (int u = 0; u < 2; ++u) {
+    for (int u = 0; u < kUnroll; ++u) {
       const int j = base + u * NL;
       if (j < n) {
         float vf[8];

@@ -22,6 +22,9 @@ namespace {
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxTop = 20;  // top logprobs per row (the API's limit)
+// Relative width of the band of f32 race scores re-scored exactly in f64: orders of
+// magnitude above the f32 scores' error (≈ 1e-6 relative) and still only a few ids wide.
+constexpr float kRaceBand = 1e-3f;
 
 // Mirrors `SampleParams` in kernels/src/sampling.rs (#[repr(C)], 48 bytes).
 struct SampleParams {
@@ -150,18 +153,21 @@ TF_DEV void block_select(const float* row, int vocab, Pred pred, Wt wt, double t
           if (kMass) w = wt(v);
         }
       }
+      // Most warps of a later pass (or of a sparse predicate) have nothing to count.
+      if (__ballot_sync(0xffffffffu, bin < 256) == 0u) continue;
       const unsigned peers = __match_any_sync(0xffffffffu, bin);
-      const int leader = __ffs(peers) - 1;
-      if (kMass) {
-        double sum = 0.0;
-        for (unsigned m = peers; m; m &= m - 1) sum += __shfl_sync(peers, w, __ffs(m) - 1);
-        w = sum;
-      }
-      if (lane == leader && bin < 256) {
+      if (bin < 256) {  // uniform within `peers`: they share the bin
         if (kMass) {
-          atomicAdd(&sh.hist_d[bin], w);
-        } else {
-          atomicAdd(&sh.hist_u[bin], (unsigned)__popc(peers));
+          double sum = 0.0;
+          for (unsigned m = peers; m; m &= m - 1) sum += __shfl_sync(peers, w, __ffs(m) - 1);
+          w = sum;
+        }
+        if (lane == __ffs(peers) - 1) {
+          if (kMass) {
+            atomicAdd(&sh.hist_d[bin], w);
+          } else {
+            atomicAdd(&sh.hist_u[bin], (unsigned)__popc(peers));
+          }
         }
       }
     }
@@ -309,16 +315,44 @@ TF_DEV int draw(const float* w, int vocab, const SampleParams& p, Shared& sh) {
     block_select<true>(w, vocab, cand, mass, target, sh, &kp, &cp);
   }
 
+  // The race, in two passes so that f64 transcendentals run on a handful of ids instead
+  // of the whole vocabulary: (1) every kept id's score in f32 (accurate logf/log1pf, error
+  // far below 1e-5 for the scores that can win) and its block maximum M; (2) the exact f64
+  // score of the CPU, only for ids whose f32 score is within kRaceBand of M. An id outside
+  // the band cannot be the exact winner, so the exact argmax over the band is the CPU's.
   const double min_p = (double)p.min_p;
+  const double ln_min_p = min_p > 0.0 ? log(min_p) : -INFINITY;
   const unsigned k0 = (unsigned)p.seed, k1 = (unsigned)(p.seed >> 32);
+  const auto kept = [&](int i, float v, unsigned k) {
+    if (!cand(i, v, k) || !(k > kp || (k == kp && i <= cp))) return false;
+    if (min_p > 0.0) {
+      // exp(d) ≥ min_p decided in f64 like the CPU; far from the boundary the log test agrees.
+      const double d = (double)__fsub_rn(v, lm);
+      if (d < ln_min_p - 1e-6) return false;
+      if (d <= ln_min_p + 1e-6 && !(exp(d) >= min_p)) return false;
+    }
+    return true;
+  };
+  const auto score32 = [&](int i, float v) {
+    const unsigned x = philox_x0(p.token_index, (unsigned)i, k0, k1);
+    // t = −ln u, u = (x + 0.5) / 2^32; near u = 1 through log1p of the exact small gap.
+    const float t = x < 0x80000000u ? -logf(((float)x + 0.5f) * 2.3283064365386963e-10f)
+                                    : -log1pf(-((float)(0xffffffffu - x) + 0.5f) * 2.3283064365386963e-10f);
+    return __fsub_rn(v, lm) - logf(t);
+  };
+  float m32 = -INFINITY;
+  for (int i = threadIdx.x; i < vocab; i += kThreads) {
+    const float v = w[i];
+    if (kept(i, v, order_key(v))) m32 = fmaxf(m32, score32(i, v));
+  }
+  m32 = block_max_f(m32, sh);
+  const float band = kRaceBand * fmaxf(1.0f, fabsf(m32));
   double best_s = -INFINITY;
   int best_i = INT_MAX;
   for (int i = threadIdx.x; i < vocab; i += kThreads) {
     const float v = w[i];
-    const unsigned k = order_key(v);
-    if (!cand(i, v, k) || !(k > kp || (k == kp && i <= cp))) continue;
+    if (!kept(i, v, order_key(v)) || score32(i, v) < m32 - band) continue;
     const double d = (double)__fsub_rn(v, lm);
-    if (min_p > 0.0 && !(exp(d) >= min_p)) continue;
     const unsigned x = philox_x0(p.token_index, (unsigned)i, k0, k1);
     const double u = ((double)x + 0.5) / 4294967296.0;
     const double s = d - log(-log(u));
@@ -357,16 +391,16 @@ TF_DEV int draw(const float* w, int vocab, const SampleParams& p, Shared& sh) {
 }  // namespace
 
 // grid = rows, block = 512. logits [rows, logits_stride] f32 (first `vocab` columns used);
-// params [rows]; penalties CSR: pen_offsets [rows + 1], pen_ids / pen_counts [nnz] (ids
+// params [rows]; penalties CSR: pen_offsets [rows + 1], pen_ids / pen_counts [pen_nnz] (ids
 // unique within a row, as the engine's map produces; out-of-range ids are ignored like the
-// CPU's `get_mut`); suppression CSR: sup_offsets [rows + 1], sup_ids; scratch [rows, vocab]
+// CPU's `get_mut`); suppression CSR: sup_offsets [rows + 1], sup_ids [sup_nnz]; scratch [rows, vocab]
 // f32. Outputs: out_token [rows], out_logprob [rows] (raw logprob of the drawn id),
 // out_top_ids / out_top_logprobs [rows, 20] (best first; slots past top_logprobs hold -1 /
 // -inf).
 extern "C" __global__ void __launch_bounds__(kThreads)
 tf_sample(const float* __restrict__ logits, long long logits_stride, int vocab, const SampleParams* __restrict__ params,
           const int* __restrict__ pen_offsets, const int* __restrict__ pen_ids, const int* __restrict__ pen_counts,
-          const int* __restrict__ sup_offsets, const int* __restrict__ sup_ids, float* scratch, int* __restrict__ out_token,
+          int pen_nnz, const int* __restrict__ sup_offsets, const int* __restrict__ sup_ids, int sup_nnz, float* scratch, int* __restrict__ out_token,
           float* __restrict__ out_logprob, int* __restrict__ out_top_ids, float* __restrict__ out_top_logprobs) {
   __shared__ Shared sh;
   const int row = blockIdx.x;
@@ -374,7 +408,9 @@ tf_sample(const float* __restrict__ logits, long long logits_stride, int vocab, 
   float* w = scratch + (size_t)row * vocab;
   const SampleParams p = params[row];
 
-  // 1. Raw statistics: lse = m + ln Σ exp(v − m) over non-NaN v (f32 subtraction, f64 sum).
+  // 1. Raw statistics: lse = m + ln Σ exp(v − m) over non-NaN v (f32 subtraction and
+  //    accurate f32 exp per term, f64 sum; the CPU takes each exp in f64 — the difference,
+  //    ≈ 1e-7 relative in the sum, stays far below the f32 rounding of lse in most rows).
   float m = -INFINITY;
   for (int i = threadIdx.x; i < vocab; i += kThreads) m = fmaxf(m, raw[i]);
   m = block_max_f(m, sh);
@@ -382,7 +418,7 @@ tf_sample(const float* __restrict__ logits, long long logits_stride, int vocab, 
   if (m != -INFINITY) {
     for (int i = threadIdx.x; i < vocab; i += kThreads) {
       const float v = raw[i];
-      if (v == v) s += exp((double)__fsub_rn(v, m));
+      if (v == v) s += (double)expf(__fsub_rn(v, m));
     }
   }
   s = block_sum_d(s, sh);
@@ -433,8 +469,9 @@ tf_sample(const float* __restrict__ logits, long long logits_stride, int vocab, 
   }
 
   // 3. The token.
-  const int pen0 = pen_offsets[row], pen1 = pen_offsets[row + 1];
-  const int sup0 = sup_offsets[row], sup1 = sup_offsets[row + 1];
+  // Offsets are clamped to the lists' lengths so a malformed CSR cannot read out of bounds.
+  const int pen0 = min(max(pen_offsets[row], 0), pen_nnz), pen1 = min(max(pen_offsets[row + 1], pen0), pen_nnz);
+  const int sup0 = min(max(sup_offsets[row], 0), sup_nnz), sup1 = min(max(sup_offsets[row + 1], sup0), sup_nnz);
   const float temp = p.temperature;
   int token;
   if (temp == 0.f && pen1 <= pen0 && sup1 <= sup0) {

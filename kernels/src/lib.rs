@@ -2,7 +2,8 @@
 //! checked Rust launchers. See `kernels/KERNELS.md` for the index of ops.
 //!
 //! Without the `cuda` feature this crate holds only the host-side shape rules ([`shapes`]),
-//! so the workspace builds anywhere. With it, the compiled images are embedded.
+//! so the workspace builds anywhere. With it, [`Kernels`] loads the compiled images for a
+//! device and exposes one launcher per op.
 
 mod error;
 pub mod module;
@@ -15,6 +16,13 @@ mod images {
     include!(concat!(env!("OUT_DIR"), "/kernel_images.rs"));
 }
 
+#[cfg(feature = "cuda")]
+mod runtime;
+#[cfg(feature = "cuda")]
+pub use runtime::{Kernels, cuda_available};
+
+#[cfg(feature = "cuda")]
+pub mod ops;
 
 /// ptxas's per-kernel register / spill / stack report of the embedded cubins (empty when the
 /// kernels were not compiled).

@@ -59,7 +59,7 @@ impl AttnShape {
 
     fn check_heads(&self, op: &'static str) -> Result<(), KernelError> {
         ensure(op, self.num_kv_heads > 0 && self.num_heads > 0, || "head counts must be positive".into())?;
-        ensure(op, self.num_heads % self.num_kv_heads == 0, || {
+        ensure(op, self.num_heads.is_multiple_of(self.num_kv_heads), || {
             format!("num_heads {} is not a multiple of num_kv_heads {}", self.num_heads, self.num_kv_heads)
         })?;
         ensure(op, self.num_kv_heads <= GRID_YZ_MAX && self.num_heads <= GRID_YZ_MAX, || "too many heads".into())
@@ -110,7 +110,9 @@ pub struct EmbeddingDims {
 impl EmbeddingDims {
     pub fn check(&self, ids_len: usize, table_len: usize, out_len: usize) -> Result<(), KernelError> {
         const OP: &str = "embedding_gather";
-        ensure(OP, self.hidden > 0 && self.hidden % 8 == 0, || format!("hidden {} must be a positive multiple of 8", self.hidden))?;
+        ensure(OP, self.hidden > 0 && self.hidden.is_multiple_of(8), || {
+            format!("hidden {} must be a positive multiple of 8", self.hidden)
+        })?;
         ensure(OP, self.vocab > 0 && self.vocab <= I32_MAX, || format!("vocab {} out of range", self.vocab))?;
         ensure(OP, self.num_tokens <= GRID_YZ_MAX, || format!("{} tokens > {GRID_YZ_MAX} per launch", self.num_tokens))?;
         len_exact(OP, "ids", ids_len, self.num_tokens)?;
@@ -130,8 +132,15 @@ impl NormDims {
     /// Largest hidden size one block keeps in registers (8 chunks × 256 threads × 8).
     pub const MAX_HIDDEN: usize = 16_384;
 
-    pub fn check(&self, op: &'static str, x_len: usize, delta_len: Option<usize>, weight_len: usize, out_len: usize) -> Result<(), KernelError> {
-        ensure(op, self.hidden > 0 && self.hidden % 8 == 0 && self.hidden <= Self::MAX_HIDDEN, || {
+    pub fn check(
+        &self,
+        op: &'static str,
+        x_len: usize,
+        delta_len: Option<usize>,
+        weight_len: usize,
+        out_len: usize,
+    ) -> Result<(), KernelError> {
+        ensure(op, self.hidden > 0 && self.hidden.is_multiple_of(8) && self.hidden <= Self::MAX_HIDDEN, || {
             format!("hidden {} must be a multiple of 8 in [8, {}]", self.hidden, Self::MAX_HIDDEN)
         })?;
         ensure(op, self.rows <= I32_MAX, || "too many rows".into())?;
@@ -169,7 +178,7 @@ impl RopeDims {
         const OP: &str = "rope_kv_write";
         self.shape.check_heads(OP)?;
         let hd = self.shape.head_dim;
-        ensure(OP, hd > 0 && hd % 16 == 0 && hd <= 256, || format!("head_dim {hd} must be a multiple of 16 in [16, 256]"))?;
+        ensure(OP, hd > 0 && hd.is_multiple_of(16) && hd <= 256, || format!("head_dim {hd} must be a multiple of 16 in [16, 256]"))?;
         ensure(OP, self.num_tokens <= I32_MAX, || "too many tokens".into())?;
         self.cache.check(OP, &self.shape, l.k_cache, l.v_cache)?;
         len_at_least(OP, "qkv", l.qkv, mul(self.num_tokens, self.shape.qkv_width()))?;
@@ -189,7 +198,7 @@ pub struct SiluDims {
 impl SiluDims {
     pub fn check(&self, gate_up_len: usize, out_len: usize) -> Result<(), KernelError> {
         const OP: &str = "silu_mul";
-        ensure(OP, self.inter > 0 && self.inter % 8 == 0 && self.inter <= I32_MAX / 2, || {
+        ensure(OP, self.inter > 0 && self.inter.is_multiple_of(8) && self.inter <= I32_MAX / 2, || {
             format!("intermediate size {} must be a positive multiple of 8", self.inter)
         })?;
         ensure(OP, self.num_tokens <= GRID_YZ_MAX, || format!("{} tokens > {GRID_YZ_MAX} per launch", self.num_tokens))?;
@@ -212,8 +221,10 @@ pub struct AttnRows {
 impl AttnRows {
     fn check(&self, op: &'static str, shape: &AttnShape, q_len: usize, out_len: usize) -> Result<(), KernelError> {
         let w = shape.num_heads * shape.head_dim;
-        ensure(op, self.q_stride >= w && self.q_stride % 8 == 0, || format!("q_stride {} must be ≥ {w} and a multiple of 8", self.q_stride))?;
-        ensure(op, self.out_stride >= w && self.out_stride % 8 == 0, || {
+        ensure(op, self.q_stride >= w && self.q_stride.is_multiple_of(8), || {
+            format!("q_stride {} must be ≥ {w} and a multiple of 8", self.q_stride)
+        })?;
+        ensure(op, self.out_stride >= w && self.out_stride.is_multiple_of(8), || {
             format!("out_stride {} must be ≥ {w} and a multiple of 8", self.out_stride)
         })?;
         ensure(op, self.num_tokens > 0, || "no tokens".into())?;
@@ -266,7 +277,9 @@ impl PrefillDims {
         self.cache.check(OP, &self.shape, l.k_cache, l.v_cache)?;
         self.rows.check(OP, &self.shape, l.q, l.out)?;
         ensure(OP, self.num_seqs > 0 && self.num_seqs <= GRID_YZ_MAX, || format!("num_seqs {} out of [1, {GRID_YZ_MAX}]", self.num_seqs))?;
-        ensure(OP, self.max_blocks_per_seq > 0 && self.max_blocks_per_seq <= I32_MAX / BLOCK_SIZE, || "max_blocks_per_seq out of range".into())?;
+        ensure(OP, self.max_blocks_per_seq > 0 && self.max_blocks_per_seq <= I32_MAX / BLOCK_SIZE, || {
+            "max_blocks_per_seq out of range".into()
+        })?;
         ensure(OP, self.max_query_len > 0 && self.max_query_len <= self.rows.num_tokens, || {
             format!("max_query_len {} must be in [1, num_tokens {}]", self.max_query_len, self.rows.num_tokens)
         })?;
@@ -312,7 +325,7 @@ impl DecodeDims {
     /// 512 tokens.
     pub fn plan(&self, num_sms: usize) -> DecodePlan {
         let group = self.shape.group().max(1);
-        let head_tile = DECODE_HEAD_TILES.iter().copied().find(|t| group % t == 0).unwrap_or(1);
+        let head_tile = DECODE_HEAD_TILES.iter().copied().find(|t| group.is_multiple_of(*t)).unwrap_or(1);
         let base_blocks = (self.num_seqs() * self.shape.num_kv_heads * (group / head_tile)).max(1);
         let want_splits = (2 * num_sms.max(1)).div_ceil(base_blocks).max(1);
         let ctx = self.max_context_len.max(1);
@@ -333,9 +346,15 @@ impl DecodeDims {
         self.cache.check(OP, &self.shape, l.k_cache, l.v_cache)?;
         self.rows.check(OP, &self.shape, l.q, l.out)?;
         ensure(OP, self.num_seqs() <= GRID_YZ_MAX, || format!("{} sequences > {GRID_YZ_MAX}", self.num_seqs()))?;
-        ensure(OP, self.max_blocks_per_seq > 0 && self.max_blocks_per_seq <= I32_MAX / BLOCK_SIZE, || "max_blocks_per_seq out of range".into())?;
+        ensure(OP, self.max_blocks_per_seq > 0 && self.max_blocks_per_seq <= I32_MAX / BLOCK_SIZE, || {
+            "max_blocks_per_seq out of range".into()
+        })?;
         ensure(OP, self.max_context_len > 0 && self.max_context_len <= self.max_blocks_per_seq * BLOCK_SIZE, || {
-            format!("max_context_len {} must be in [1, max_blocks_per_seq·16 = {}]", self.max_context_len, self.max_blocks_per_seq * BLOCK_SIZE)
+            format!(
+                "max_context_len {} must be in [1, max_blocks_per_seq·16 = {}]",
+                self.max_context_len,
+                self.max_blocks_per_seq * BLOCK_SIZE
+            )
         })?;
         len_exact(OP, "block_tables", l.block_tables, self.num_seqs() * self.max_blocks_per_seq)?;
         len_exact(OP, "context_lens", l.context_lens, self.num_seqs())?;
