@@ -3,7 +3,8 @@
 //!
 //! Without the `cuda` feature this crate holds only the host-side shape rules ([`shapes`]),
 //! so the workspace builds anywhere. With it, [`Kernels`] loads the compiled images for a
-//! device and exposes one launcher per op.
+//! device and exposes one launcher per op; [`selftest::run_all`] checks every kernel against
+//! a CPU reference on a GPU.
 
 mod error;
 pub mod module;
@@ -23,6 +24,8 @@ pub use runtime::{Kernels, cuda_available};
 
 #[cfg(feature = "cuda")]
 pub mod ops;
+#[cfg(feature = "cuda")]
+pub mod selftest;
 
 /// ptxas's per-kernel register / spill / stack report of the embedded cubins (empty when the
 /// kernels were not compiled).
