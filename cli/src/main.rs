@@ -1,6 +1,7 @@
 //! `tokenfleet`: the user's command line — talk to a gateway (generate, stream, session,
 //! tokenize, info), start a local stack (`up`), or load-test one (`bench`).
 
+mod bench;
 mod client;
 mod up;
 
@@ -29,6 +30,8 @@ enum Command {
     Info(client::ConnectArgs),
     /// Start a gateway and N local workers; stop them all on Ctrl-C.
     Up(up::UpArgs),
+    /// Load-test a gateway or worker (vLLM bench serve metrics and JSON keys).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
             Command::Tokenize(a) => client::tokenize(a).await,
             Command::Info(a) => client::info(a).await,
             Command::Up(a) => up::run(a).await,
+            Command::Bench(a) => bench::run(a).await,
         }
     });
     match result {
