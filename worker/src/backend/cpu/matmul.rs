@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use super::simd::{self, TILE_ROWS, TILE_TOKENS};
+use super::simd::{self, DIRECT_ROWS, RowType, TILE_ROWS, TILE_TOKENS};
 use crate::model::{DType, TensorRef};
 
 /// Weight rows widened per task. 16 rows × K floats stay in L2 for K up to ~16k.
@@ -33,6 +33,11 @@ impl WeightMatrix {
         self.tensor.dtype
     }
 
+    /// The raw row-major little-endian bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.tensor.bytes()
+    }
+
     /// Widens rows `[r0, r0 + n)` into `dst` (`n * cols` floats).
     pub fn rows_to_f32(&self, r0: usize, n: usize, dst: &mut [f32]) {
         let es = self.tensor.dtype.size();
@@ -46,12 +51,21 @@ impl WeightMatrix {
     }
 }
 
+/// Up to this many tokens, weights are read directly (decode); beyond, panels are widened
+/// once and reused across tokens (prefill).
+const DIRECT_MAX_TOKENS: usize = 4;
+/// Weight rows per task on the direct path.
+const DIRECT_TASK_ROWS: usize = 64;
+
 /// `out[t * N + n] = Σ_k x[t * K + k] · W[n, k]` for `t < tokens`.
 pub fn matmul(x: &[f32], tokens: usize, w: &WeightMatrix, out: &mut [f32]) {
     let (n, k) = (w.rows, w.cols);
     assert!(x.len() >= tokens * k && out.len() >= tokens * n, "matmul buffers too small");
     if tokens == 0 || n == 0 {
         return;
+    }
+    if tokens <= DIRECT_MAX_TOKENS {
+        return matmul_direct(x, tokens, w, out);
     }
     let panels = n.div_ceil(PANEL_ROWS);
     // Each panel returns its [rows × tokens] results; they are scattered afterwards so no
@@ -68,10 +82,48 @@ pub fn matmul(x: &[f32], tokens: usize, w: &WeightMatrix, out: &mut [f32]) {
             res
         })
         .collect();
+    scatter(&results, PANEL_ROWS, tokens, n, out);
+}
+
+/// The decode path: every weight is read once, straight from the checkpoint bytes.
+fn matmul_direct(x: &[f32], tokens: usize, w: &WeightMatrix, out: &mut [f32]) {
+    let (n, k) = (w.rows, w.cols);
+    let ty = match w.dtype() {
+        DType::F16 => RowType::F16,
+        DType::BF16 => RowType::BF16,
+        DType::F32 => RowType::F32,
+    };
+    let es = w.dtype().size();
+    let bytes = w.bytes();
+    let row = |r: usize| &bytes[r.min(n - 1) * k * es..][..k * es];
+    let tasks = n.div_ceil(DIRECT_TASK_ROWS);
+    let results: Vec<Vec<f32>> = (0..tasks)
+        .into_par_iter()
+        .map(|task| {
+            let r0 = task * DIRECT_TASK_ROWS;
+            let rows = DIRECT_TASK_ROWS.min(n - r0);
+            let mut res = vec![0.0f32; rows * tokens];
+            let mut r = 0;
+            while r < rows {
+                let g = [row(r0 + r), row(r0 + r + 1), row(r0 + r + 2), row(r0 + r + 3)];
+                for t in 0..tokens {
+                    let d = simd::rows_dot(g, ty, &x[t * k..(t + 1) * k], k);
+                    for (dr, v) in d.iter().enumerate().take(rows - r) {
+                        res[(r + dr) * tokens + t] = *v;
+                    }
+                }
+                r += DIRECT_ROWS;
+            }
+            res
+        })
+        .collect();
+    scatter(&results, DIRECT_TASK_ROWS, tokens, n, out);
+}
+
+fn scatter(results: &[Vec<f32>], rows_per_task: usize, tokens: usize, n: usize, out: &mut [f32]) {
     for (p, res) in results.iter().enumerate() {
-        let r0 = p * PANEL_ROWS;
-        let rows = res.len() / tokens;
-        for r in 0..rows {
+        let r0 = p * rows_per_task;
+        for r in 0..res.len() / tokens {
             for t in 0..tokens {
                 out[t * n + r0 + r] = res[r * tokens + t];
             }

@@ -158,6 +158,115 @@ unsafe fn tile_dots_avx2(w: [*const f32; TILE_ROWS], x: [*const f32; TILE_TOKENS
     }
 }
 
+/// Element type of weight rows read directly by [`rows_dot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowType {
+    F16,
+    BF16,
+    F32,
+}
+
+/// Rows per direct (decode) micro-tile.
+pub const DIRECT_ROWS: usize = 4;
+
+/// `out[r] = dot(widen(w[r]), x)` for rows given as raw little-endian bytes, widened in
+/// registers — the decode path, where each weight is used once and a conversion pass
+/// through memory would cost as much as the math. Same canonical order as [`dot`], so
+/// the result is bit-identical to widening first.
+pub fn rows_dot(w: [&[u8]; DIRECT_ROWS], ty: RowType, x: &[f32], k: usize) -> [f32; DIRECT_ROWS] {
+    let es = if ty == RowType::F32 { 4 } else { 2 };
+    let ok = x.len() >= k && w.iter().all(|r| r.len() >= k * es);
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() && ok {
+        // SAFETY: every row holds >= k elements and x >= k floats (checked); features checked.
+        return unsafe { rows_dot_avx2(w.map(<[u8]>::as_ptr), ty, x.as_ptr(), k) };
+    }
+    let mut out = [0.0f32; DIRECT_ROWS];
+    if !ok {
+        return out;
+    }
+    let mut buf = vec![0.0f32; k];
+    for (o, row) in out.iter_mut().zip(w) {
+        match ty {
+            RowType::F16 => f16_to_f32(&row[..2 * k], &mut buf),
+            RowType::BF16 => bf16_to_f32(&row[..2 * k], &mut buf),
+            RowType::F32 => le_f32(&row[..4 * k], &mut buf),
+        }
+        *o = dot_portable(&buf, &x[..k]);
+    }
+    out
+}
+
+/// Loads 8 weights at element `i` of a row as f32.
+///
+/// # Safety
+/// `p` must be valid for 8 elements from `i`; the CPU must support avx2 and f16c.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load8(p: *const u8, ty: RowType, i: usize) -> __m256 {
+    // SAFETY: the caller guarantees 8 elements are readable at element i.
+    unsafe {
+        match ty {
+            RowType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * i) as *const __m128i)),
+            RowType::BF16 => {
+                let h = _mm_loadu_si128(p.add(2 * i) as *const __m128i);
+                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+            }
+            RowType::F32 => _mm256_loadu_ps(p.add(4 * i) as *const f32),
+        }
+    }
+}
+
+/// One weight element as f32 (tails).
+///
+/// # Safety
+/// `p` must be valid for element `i`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+unsafe fn load1(p: *const u8, ty: RowType, i: usize) -> f32 {
+    // SAFETY: the caller guarantees element i is readable.
+    unsafe {
+        match ty {
+            RowType::F16 => half::f16::from_bits(u16::from_le_bytes([*p.add(2 * i), *p.add(2 * i + 1)])).to_f32(),
+            RowType::BF16 => f32::from_bits((u16::from_le_bytes([*p.add(2 * i), *p.add(2 * i + 1)]) as u32) << 16),
+            RowType::F32 => f32::from_le_bytes([*p.add(4 * i), *p.add(4 * i + 1), *p.add(4 * i + 2), *p.add(4 * i + 3)]),
+        }
+    }
+}
+
+/// # Safety
+/// Every row pointer valid for `k` elements of `ty`, `x` for `k` floats; avx2/fma/f16c.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_dot_avx2(w: [*const u8; DIRECT_ROWS], ty: RowType, x: *const f32, k: usize) -> [f32; DIRECT_ROWS] {
+    let k8 = k / 8 * 8;
+    let mut acc = [_mm256_setzero_ps(); DIRECT_ROWS];
+    let mut i = 0;
+    while i < k8 {
+        // SAFETY: i + 8 <= k for x and every row.
+        unsafe {
+            let xv = _mm256_loadu_ps(x.add(i));
+            for r in 0..DIRECT_ROWS {
+                acc[r] = _mm256_fmadd_ps(load8(w[r], ty, i), xv, acc[r]);
+            }
+        }
+        i += 8;
+    }
+    let mut out = [0.0f32; DIRECT_ROWS];
+    for r in 0..DIRECT_ROWS {
+        // SAFETY: features enabled here; tail indices < k.
+        unsafe {
+            let mut s = hsum256(acc[r]);
+            for j in k8..k {
+                s = load1(w[r], ty, j).mul_add(*x.add(j), s);
+            }
+            out[r] = s;
+        }
+    }
+    out
+}
+
 /// Widens little-endian f16 bytes to f32 (exact).
 pub fn f16_to_f32(src: &[u8], dst: &mut [f32]) {
     let n = dst.len().min(src.len() / 2);
@@ -231,6 +340,31 @@ mod tests {
         for r in 0..4 {
             for c in 0..3 {
                 assert_eq!(out[r][c].to_bits(), dot(&rows[r], &toks[c]).to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn direct_rows_equal_widen_then_dot() {
+        for k in [5usize, 8, 64, 77, 576] {
+            let rows: Vec<Vec<f32>> = (0..4).map(|r| data(k, 30 + r)).collect();
+            let x = data(k, 99);
+            for (ty, enc) in [
+                (RowType::F16, (|v: f32| half::f16::from_f32(v).to_bits().to_le_bytes().to_vec()) as fn(f32) -> Vec<u8>),
+                (RowType::BF16, |v: f32| half::bf16::from_f32(v).to_bits().to_le_bytes().to_vec()),
+                (RowType::F32, |v: f32| v.to_le_bytes().to_vec()),
+            ] {
+                let bytes: Vec<Vec<u8>> = rows.iter().map(|r| r.iter().flat_map(|v| enc(*v)).collect()).collect();
+                let out = rows_dot([&bytes[0], &bytes[1], &bytes[2], &bytes[3]], ty, &x, k);
+                for r in 0..4 {
+                    let mut wide = vec![0.0; k];
+                    match ty {
+                        RowType::F16 => f16_to_f32(&bytes[r], &mut wide),
+                        RowType::BF16 => bf16_to_f32(&bytes[r], &mut wide),
+                        RowType::F32 => le_f32(&bytes[r], &mut wide),
+                    }
+                    assert_eq!(out[r].to_bits(), dot(&wide, &x).to_bits(), "{ty:?} k={k} row {r}");
+                }
             }
         }
     }
