@@ -6,6 +6,9 @@
 //! about requests; the engine knows nothing about devices.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod cuda_plan;
 pub mod synthetic;
 
 use crate::engine::sampler::{SampleSpec, Sampled};

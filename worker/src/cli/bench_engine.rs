@@ -37,6 +37,12 @@ pub struct BenchEngineArgs {
     /// Timed prefill repetitions (after one warm-up).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Backend: cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// CUDA device ordinal.
+    #[arg(long, default_value_t = 0)]
+    device: usize,
     /// Measure only the scheduler with a no-op backend and this many running sequences.
     #[arg(long)]
     scheduler_only: Option<usize>,
@@ -119,8 +125,11 @@ fn backend_steps(a: &BenchEngineArgs) -> anyhow::Result<serde_json::Value> {
     }
     let model = Model::load(dir)?;
     let vocab = model.config.vocab_size;
-    let blocks_per_seq = (a.prompt_len + a.gen_len + 1).div_ceil(BLOCK_SIZE);
-    let mut backend = CpuBackend::new(&model, a.batch * blocks_per_seq);
+    let blocks_per_seq = (a.prompt_len + a.gen_len + 3).div_ceil(BLOCK_SIZE);
+    let t_load = Instant::now();
+    let mut backend =
+        make_backend(&a.backend, a.device, &model, a.batch * blocks_per_seq, a.batch * a.prompt_len, a.batch, blocks_per_seq * BLOCK_SIZE)?;
+    let load_s = t_load.elapsed().as_secs_f64();
 
     let mut prefill = Vec::new();
     for rep in 0..=a.repeats {
@@ -155,7 +164,49 @@ fn backend_steps(a: &BenchEngineArgs) -> anyhow::Result<serde_json::Value> {
         "decode_step_ms": decode_ms,
         "decode_tokens_per_s": a.batch as f64 / (decode_ms / 1e3),
         "threads": rayon::current_num_threads(),
+        "backend_load_s": load_s,
+        "timing": "host wall clock per step, after warm-up; each step ends by reading the sampled ids (a device sync)",
     }))
+}
+
+/// A backend of `kind` with `kv_blocks` blocks, able to run steps of `max_tokens` tokens,
+/// `max_seqs` sequences and `max_context` positions.
+pub fn make_backend(
+    kind: &str,
+    device: usize,
+    model: &Model,
+    kv_blocks: usize,
+    max_tokens: usize,
+    max_seqs: usize,
+    max_context: usize,
+) -> anyhow::Result<Box<dyn Backend>> {
+    match kind {
+        "cpu" => Ok(Box::new(CpuBackend::new(model, kv_blocks))),
+        "cuda" => cuda_backend(device, model, kv_blocks, crate::backend::cuda_plan::StepCapacity { max_tokens, max_seqs, max_context }),
+        other => bail!("unknown backend `{other}` (cpu or cuda)"),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_backend(
+    device: usize,
+    model: &Model,
+    kv_blocks: usize,
+    capacity: crate::backend::cuda_plan::StepCapacity,
+) -> anyhow::Result<Box<dyn Backend>> {
+    use crate::backend::cuda::{CudaBackend, CudaConfig};
+    let cfg = CudaConfig { device, gpu_memory_fraction: 0.9, kv_blocks: Some(kv_blocks), capacity };
+    Ok(Box::new(CudaBackend::new(model, &cfg, &mut |_| {}).map_err(|e| anyhow::anyhow!("CUDA backend: {e}"))?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_backend(
+    _device: usize,
+    _model: &Model,
+    _kv_blocks: usize,
+    _capacity: crate::backend::cuda_plan::StepCapacity,
+) -> anyhow::Result<Box<dyn Backend>> {
+    bail!("the CUDA backend is not built into this binary (build with `--features cuda`)")
 }
 
 /// Time per engine step (plan + resolve + bookkeeping) with `n` running sequences and a

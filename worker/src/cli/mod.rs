@@ -5,6 +5,8 @@ mod bench_engine;
 mod convert;
 mod gen_model;
 mod generate;
+#[cfg(feature = "cuda")]
+mod gpu_selftest;
 mod serve;
 
 use std::process::ExitCode;
@@ -39,6 +41,9 @@ enum Command {
     ConvertGguf(convert::ConvertArgs),
     /// Time prefill and decode steps of the backend (and the scheduler alone).
     BenchEngine(bench_engine::BenchEngineArgs),
+    /// GPU checks (kernels, parity, bandwidth) for scripts/gpu-check.sh.
+    #[cfg(feature = "cuda")]
+    GpuSelftest(gpu_selftest::GpuSelftestArgs),
 }
 
 /// Parses arguments, runs the command, maps errors to exit code 1.
@@ -52,6 +57,8 @@ pub fn main() -> ExitCode {
         Command::GenModel(a) => gen_model::run(a),
         Command::ConvertGguf(a) => convert::run(a),
         Command::BenchEngine(a) => bench_engine::run(a),
+        #[cfg(feature = "cuda")]
+        Command::GpuSelftest(a) => gpu_selftest::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

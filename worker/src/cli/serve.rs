@@ -50,6 +50,9 @@ pub struct ServeArgs {
     /// CUDA device ordinal (after CUDA_VISIBLE_DEVICES).
     #[arg(long, default_value_t = 0)]
     pub device: usize,
+    /// CUDA backend: fraction of the GPU's memory for weights + buffers + KV cache.
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_fraction: f64,
     /// KV cache blocks of 16 tokens (overrides --kv-cache-mib).
     #[arg(long)]
     pub kv_blocks: Option<usize>,
@@ -85,11 +88,14 @@ pub struct ServeArgs {
 fn build_backend(a: &ServeArgs, model: &Model) -> anyhow::Result<(Box<dyn Backend>, usize)> {
     let cfg = &model.config;
     match a.backend {
-        BackendKind::Cuda => bail!(cuda_unavailable_reason()),
-        BackendKind::Auto => {
-            tracing::warn!(reason = %cuda_unavailable_reason(), "--backend auto: falling back to the CPU backend");
-            build_cpu(a, model)
-        }
+        BackendKind::Cuda => build_cuda(a, model),
+        BackendKind::Auto => match cuda_probe(a.device) {
+            Ok(()) => build_cuda(a, model),
+            Err(reason) => {
+                tracing::warn!(%reason, "--backend auto: no usable GPU, falling back to the CPU backend");
+                build_cpu(a, model)
+            }
+        },
         BackendKind::Cpu => build_cpu(a, model),
         BackendKind::Synthetic => {
             let blocks = a.kv_blocks.unwrap_or(4096);
@@ -99,6 +105,42 @@ fn build_backend(a: &ServeArgs, model: &Model) -> anyhow::Result<(Box<dyn Backen
     }
 }
 
+#[cfg(feature = "cuda")]
+fn cuda_probe(device: usize) -> Result<(), String> {
+    crate::backend::cuda::probe(device).map(|_| ()).map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_probe(_device: usize) -> Result<(), String> {
+    Err("the CUDA backend is not built into this binary (build with `--features cuda`)".into())
+}
+
+#[cfg(feature = "cuda")]
+fn build_cuda(a: &ServeArgs, model: &Model) -> anyhow::Result<(Box<dyn Backend>, usize)> {
+    use crate::backend::cuda::{CudaBackend, CudaConfig};
+    use crate::backend::cuda_plan::StepCapacity;
+    if !(a.gpu_memory_fraction > 0.0 && a.gpu_memory_fraction <= 1.0) {
+        bail!("--gpu-memory-fraction must be in (0, 1], got {}", a.gpu_memory_fraction);
+    }
+    let max_context = a.max_model_len.unwrap_or(model.config.max_position_embeddings.min(32768));
+    let cfg = CudaConfig {
+        device: a.device,
+        gpu_memory_fraction: a.gpu_memory_fraction,
+        kv_blocks: a.kv_blocks,
+        capacity: StepCapacity { max_tokens: a.max_batch_tokens.max(1), max_seqs: a.max_running.max(1), max_context },
+    };
+    let pb = super::progress_bar(crate::backend::cuda_plan::weight_bytes(&model.config) as u64, "loading weights to the GPU");
+    let backend = CudaBackend::new(model, &cfg, &mut |n| pb.inc(n)).map_err(|e| anyhow::anyhow!("CUDA backend: {e}"))?;
+    pb.finish_and_clear();
+    let blocks = backend.kv_blocks();
+    Ok((Box::new(backend), blocks))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn build_cuda(a: &ServeArgs, _model: &Model) -> anyhow::Result<(Box<dyn Backend>, usize)> {
+    Err(anyhow::anyhow!(cuda_probe(a.device).err().unwrap_or_default()))
+}
+
 fn build_cpu(a: &ServeArgs, model: &Model) -> anyhow::Result<(Box<dyn Backend>, usize)> {
     let per_block = CpuBackend::bytes_per_block(&model.config);
     let blocks = a.kv_blocks.unwrap_or((a.kv_cache_mib << 20) / per_block.max(1));
@@ -106,11 +148,6 @@ fn build_cpu(a: &ServeArgs, model: &Model) -> anyhow::Result<(Box<dyn Backend>, 
         bail!("the KV cache has 0 blocks: raise --kv-cache-mib (one block needs {per_block} bytes) or set --kv-blocks");
     }
     Ok((Box::new(CpuBackend::new(model, blocks)), blocks))
-}
-
-/// Why the CUDA backend cannot run in this binary.
-fn cuda_unavailable_reason() -> String {
-    "the CUDA backend is not available in this build (build with `--features cuda`)".to_string()
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {

@@ -82,6 +82,24 @@ pub const PRESETS: &[Preset] = &[
         eos: 128001,
         rms_norm_eps: 1e-6,
     },
+    Preset {
+        name: "small-tied",
+        about: "tied embeddings and plain rope with head_dim 64 (runs on the GPU attention kernels), GQA 2:1, Llama-3.1 vocab",
+        hidden: 256,
+        intermediate: 768,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 64,
+        vocab: 128256,
+        rope_theta: 10000.0,
+        llama3_rope: false,
+        tied: true,
+        max_position: 4096,
+        bos: 128000,
+        eos: 128001,
+        rms_norm_eps: 1e-6,
+    },
 ];
 
 impl Preset {

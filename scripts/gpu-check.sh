@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# What a GPU machine must prove (../shared/GPU-CHECK.md), in tiers that each write JSON to
+# $OUT (default ./gpu-results) as soon as they finish:
+#
+#   scripts/gpu-check.sh kernels   # nvidia-smi, D2D bandwidth, every kernel vs its CPU reference (~1 min)
+#   scripts/gpu-check.sh parity    # CUDA backend vs CPU backend and vs transformers bf16; 16 concurrent = alone (~2 min)
+#   scripts/gpu-check.sh speed     # Minitron-4B shape: bs1 decode, prefill, batched decode; transformers peer (~3 min)
+#   scripts/gpu-check.sh serving   # optional: tokenfleet bench against serve --backend cuda
+#
+# The machine has no Rust and no network: the release binary built here with
+# `--features cuda` travels with the tree (TOKENFLEET_WORKER_BIN, else target-cuda/release or
+# target/release). Models are generated on the spot with gen-model.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${OUT:-$ROOT/gpu-results}"
+MODELS="${TOKENFLEET_GPU_MODELS:-/tmp/tokenfleet-gpu-models}"
+mkdir -p "$OUT" "$MODELS"
+export TOKENFLEET_REQUIRE_GPU=1
+
+BIN="${TOKENFLEET_WORKER_BIN:-}"
+if [[ -z "$BIN" ]]; then
+  for c in "$ROOT/target-cuda/release/tokenfleet-worker" "$ROOT/target/release/tokenfleet-worker" "$ROOT/dist/tokenfleet-worker"; do
+    [[ -x "$c" ]] && { BIN="$c"; break; }
+  done
+fi
+[[ -x "$BIN" ]] || { echo "gpu-check: no tokenfleet-worker built with --features cuda (set TOKENFLEET_WORKER_BIN)" >&2; exit 1; }
+
+# cuBLAS and friends: the CUDA toolkit's lib64, or python's nvidia wheels.
+for d in /usr/local/cuda*/lib64 $(python3 -c 'import site,glob;print(" ".join(glob.glob(site.getsitepackages()[0]+"/nvidia/*/lib")))' 2>/dev/null); do
+  [[ -d "$d" ]] && LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+done
+export LD_LIBRARY_PATH
+
+log() { printf '\n==> %s (%ss)\n' "$*" "$SECONDS"; }
+status=0
+
+gen() { # gen NAME PRESET [LAYERS]
+  local dir="$MODELS/$1"
+  if [[ ! -f "$dir/config.json" ]]; then
+    local layers=()
+    [[ -n "${3:-}" ]] && layers=(--layers "$3")
+    "$BIN" gen-model --preset "$2" "${layers[@]}" --seed 1 "$dir" >&2 || return 1
+  fi
+  echo "$dir"
+}
+
+tier_kernels() {
+  log "kernels"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/nvidia-smi.csv"
+  "$BIN" gpu-selftest bandwidth --out "$OUT/bandwidth.json" || status=1
+  "$BIN" gpu-selftest kernels --out "$OUT/kernels.json" >/dev/null || status=1
+}
+
+tier_parity() {
+  log "parity"
+  local tiny mini tied
+  tiny="$(gen tiny tiny 2)" && mini="$(gen minitron-2l minitron-4b 2)" && tied="$(gen small-tied small-tied 2)" || { status=1; return; }
+  "$BIN" gpu-selftest parity --model "$tiny" --model "$mini" --model "$tied" --out "$OUT/parity.json" >/dev/null || status=1
+  python3 "$ROOT/scripts/gpu/hf_parity.py" "$OUT/parity.json" "$OUT/parity-hf.json" >/dev/null || status=1
+}
+
+bench() { # bench NAME ARGS...
+  local name="$1"; shift
+  "$BIN" bench-engine --backend cuda --model "$MINI" --json "$@" >"$OUT/speed-$name.json" || { status=1; return; }
+  cat "$OUT/speed-$name.json"
+}
+
+tier_speed() {
+  log "speed"
+  MINI="$(gen minitron-4b minitron-4b)" || { status=1; return; }
+  [[ -f "$OUT/bandwidth.json" ]] || "$BIN" gpu-selftest bandwidth --out "$OUT/bandwidth.json" >/dev/null
+  bench bs1-ctx512 --batch 1 --prompt-len 512 --gen-len 64 --repeats 3
+  bench bs1-ctx4096 --batch 1 --prompt-len 4096 --gen-len 64 --repeats 2
+  bench prefill2048 --batch 1 --prompt-len 2048 --gen-len 4 --repeats 3
+  bench prefill8192 --batch 1 --prompt-len 8192 --gen-len 4 --repeats 2
+  for b in 8 32 64 128; do bench "bs$b-ctx512" --batch "$b" --prompt-len 512 --gen-len 32 --repeats 1; done
+  python3 "$ROOT/scripts/gpu/hf_peer.py" "$MINI" "$OUT/speed-transformers-bs1.json" --prompt-len 512 --new 64 || status=1
+}
+
+[[ $# -gt 0 ]] || set -- kernels parity speed
+for t in "$@"; do
+  case "$t" in
+    kernels) tier_kernels ;;
+    parity) tier_parity ;;
+    speed) tier_speed ;;
+    all) tier_kernels; tier_parity; tier_speed ;;
+    *) echo "gpu-check: unknown tier $t (kernels, parity, speed)" >&2; exit 2 ;;
+  esac
+done
+log "done (status $status); results in $OUT"
+ls -la "$OUT"
+exit $status
