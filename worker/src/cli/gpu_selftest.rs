@@ -249,7 +249,8 @@ fn parity(device: usize, models: &[PathBuf], steps: u32) -> anyhow::Result<(serd
             }));
         }
         // 16 concurrent requests vs each alone, on the GPU.
-        let batch: Vec<_> = (0..16usize).map(|i| greedy(format!("b{i}"), ps[i % 4][..(8 + i)].to_vec(), steps, None)).collect();
+        let long = &ps[ps.len() - 1];
+        let batch: Vec<_> = (0..16usize).map(|i| greedy(format!("b{i}"), long[7 * i..7 * i + 8 + i].to_vec(), steps, None)).collect();
         let together = run_requests(&mut gpu, &model, &batch)?;
         let mut batch_cases = Vec::new();
         for r in &batch {
