@@ -49,6 +49,19 @@ fn utc_stamp(secs: u64) -> String {
     format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// Distinct error messages with how often each occurred, most frequent first (at most 10).
+fn error_counts(outcomes: &[metrics::Outcome]) -> Vec<serde_json::Value> {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for e in outcomes.iter().filter_map(|o| o.error.as_deref()) {
+        match counts.iter_mut().find(|(m, _)| m == e) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((e.to_string(), 1)),
+        }
+    }
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
+    counts.into_iter().take(10).map(|(m, n)| json!({"error": m, "count": n})).collect()
+}
+
 /// Replaces text prompts by token ids (a worker only takes ids).
 async fn tokenize_texts(server: &Server, specs: &mut [RequestSpec]) -> anyhow::Result<()> {
     let texts: Vec<String> = specs
@@ -166,6 +179,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         ("connections".to_string(), json!(connections)),
         ("goodput_slo_ms".to_string(), json!({"ttft": slo.ttft_ms, "tpot": slo.tpot_ms, "e2el": slo.e2el_ms})),
     ];
+    extra.push(("error_counts".to_string(), json!(error_counts(&outcomes))));
     extra.extend(metadata.into_iter().map(|(k, v)| (k, json!(v))));
     let info = RunInfo {
         date: utc_stamp(now.as_secs()),
