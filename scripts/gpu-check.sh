@@ -80,16 +80,40 @@ tier_speed() {
   bench bs128-ctx512 --batch 128 --prompt-len 512 --gen-len 32 --repeats 1
 }
 
+# `peer`: only the transformers bs1 peer and the largest batch (a short rerun).
+tier_peer() {
+  log "peer"
+  MINI="$(gen minitron-4b minitron-4b)" || { status=1; return; }
+  python3 "$ROOT/scripts/gpu/hf_peer.py" "$MINI" "$OUT/speed-transformers-bs1.json" --prompt-len 512 --new 64 || status=1
+  bench bs128-ctx512 --batch 128 --prompt-len 512 --gen-len 32 --repeats 1
+  bench bs1-ctx512 --batch 1 --prompt-len 512 --gen-len 64 --repeats 3
+}
+
 [[ $# -gt 0 ]] || set -- kernels parity speed
 for t in "$@"; do
   case "$t" in
     kernels) tier_kernels ;;
     parity) tier_parity ;;
     speed) tier_speed ;;
+    peer) tier_peer ;;
     all) tier_kernels; tier_parity; tier_speed ;;
     *) echo "gpu-check: unknown tier $t (kernels, parity, speed)" >&2; exit 2 ;;
   esac
 done
 log "done (status $status); results in $OUT"
+# One file with everything, so a runner that returns few files still gets all results.
+python3 - "$OUT" <<'PY'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+allres = {}
+for f in sorted(out.glob("*.json")):
+    if f.name == "all.json" or f.stat().st_size == 0:
+        continue
+    try:
+        allres[f.stem] = json.loads(f.read_text())
+    except ValueError:
+        allres[f.stem] = {"unparsable": f.read_text()[:2000]}
+(out / "all.json").write_text(json.dumps(allres, indent=1))
+PY
 ls -la "$OUT"
 exit $status

@@ -131,14 +131,32 @@ fn backend_steps(a: &BenchEngineArgs) -> anyhow::Result<serde_json::Value> {
         make_backend(&a.backend, a.device, &model, a.batch * blocks_per_seq, a.batch * a.prompt_len, a.batch, blocks_per_seq * BLOCK_SIZE)?;
     let load_s = t_load.elapsed().as_secs_f64();
 
+    // A prefill of the whole batch, split into steps of at most PREFILL_STEP_TOKENS tokens
+    // (as the scheduler's token budget would); its time is the sum of those steps.
+    const PREFILL_STEP_TOKENS: usize = 16384;
+    let per_step = (PREFILL_STEP_TOKENS / a.prompt_len).max(1);
     let mut prefill = Vec::new();
     for rep in 0..=a.repeats {
         let prompts: Vec<Vec<u32>> = (0..a.batch).map(|s| prompt(vocab, s, rep, a.prompt_len)).collect();
-        let batch = step_batch(&prompts, 0, blocks_per_seq);
-        let t = Instant::now();
-        backend.execute(&batch).context("prefill step")?;
+        let mut ms = 0.0;
+        for (c, group) in prompts.chunks(per_step).enumerate() {
+            let mut batch = step_batch(group, 0, blocks_per_seq);
+            // Each sequence keeps its own blocks: offset the tables to the group's position.
+            let first = c * per_step;
+            for seq in batch.seqs.iter_mut() {
+                for b in seq.block_table.iter_mut() {
+                    *b += (first * blocks_per_seq) as u32;
+                }
+            }
+            for sl in batch.slot_mapping.iter_mut() {
+                *sl += (first * blocks_per_seq * BLOCK_SIZE) as u32;
+            }
+            let t = Instant::now();
+            backend.execute(&batch).context("prefill step")?;
+            ms += t.elapsed().as_secs_f64() * 1e3;
+        }
         if rep > 0 {
-            prefill.push(t.elapsed().as_secs_f64() * 1e3);
+            prefill.push(ms);
         }
     }
     // Decode after the last prefill: one token per sequence per step.
