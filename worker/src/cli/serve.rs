@@ -122,7 +122,7 @@ fn build_cuda(a: &ServeArgs, model: &Model) -> anyhow::Result<(Box<dyn Backend>,
     if !(a.gpu_memory_fraction > 0.0 && a.gpu_memory_fraction <= 1.0) {
         bail!("--gpu-memory-fraction must be in (0, 1], got {}", a.gpu_memory_fraction);
     }
-    let max_context = a.max_model_len.unwrap_or(model.config.max_position_embeddings.min(32768));
+    let max_context = cuda_max_context(a, model);
     let cfg = CudaConfig {
         device: a.device,
         gpu_memory_fraction: a.gpu_memory_fraction,
@@ -134,6 +134,12 @@ fn build_cuda(a: &ServeArgs, model: &Model) -> anyhow::Result<(Box<dyn Backend>,
     pb.finish_and_clear();
     let blocks = backend.kv_blocks();
     Ok((Box::new(backend), blocks))
+}
+
+/// The CUDA backend sizes its block tables for this many positions; requests are limited
+/// to it too (default: the model's context, capped at 32k to keep step buffers small).
+fn cuda_max_context(a: &ServeArgs, model: &Model) -> usize {
+    a.max_model_len.unwrap_or(model.config.max_position_embeddings.min(32768))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -168,7 +174,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let bi = backend.info();
     let mut limits = model_limits(&model);
     let pool_tokens = kv_blocks * crate::backend::BLOCK_SIZE;
-    limits.max_context = a.max_model_len.unwrap_or(limits.max_context).min(limits.max_context).min(pool_tokens);
+    let default_len = if bi.name == "cuda" { cuda_max_context(&a, &model) } else { limits.max_context };
+    limits.max_context = a.max_model_len.unwrap_or(default_len).min(limits.max_context).min(pool_tokens);
     if a.max_model_len.is_some_and(|m| m > pool_tokens) {
         bail!("--max-model-len {} exceeds the KV pool ({} blocks = {pool_tokens} tokens)", a.max_model_len.unwrap_or(0), kv_blocks);
     }
