@@ -42,30 +42,52 @@ pub enum Ended {
 
 struct Progress<'g> {
     generated: Vec<u32>,
+    last_chunk: Option<Instant>,
     detok: Detokenizer<'g>,
     stop: StopMatcher,
     first_token: Option<Instant>,
     cached_prompt_tokens: u32,
 }
 
+/// Where a generation came from, for metrics and traces.
+pub struct Origin {
+    /// The RPC ("Generate", "GenerateStream", "Session").
+    pub method: &'static str,
+    /// The request's span (already a child of the caller's trace context, if any).
+    pub span: tracing::Span,
+    pub started: Instant,
+}
+
 /// Runs `req` to its end, sending chunks to `out`. `deadline` bounds the whole call.
-pub async fn run(gw: Arc<Gateway>, group: Arc<ModelGroup>, req: ValidGenerate, out: ChunkSender, deadline: Option<Instant>) -> Ended {
-    let started = Instant::now();
-    let span = tracing::info_span!("generate", request_id = %req.request_id, prompt_tokens = req.prompt_ids.len());
-    let result = {
-        let _e = span.enter();
-        tracing::debug!("routing");
-        drop(_e);
-        drive(&gw, &group, &req, &out, deadline, started, &span).await
-    };
-    match result {
-        Ok(e) => e,
+pub async fn run(
+    gw: Arc<Gateway>,
+    group: Arc<ModelGroup>,
+    req: ValidGenerate,
+    out: ChunkSender,
+    deadline: Option<Instant>,
+    origin: Origin,
+) -> Ended {
+    let span = origin.span.clone();
+    span.record("request_id", req.request_id.as_str());
+    span.record("prompt_tokens", req.prompt_ids.len());
+    gw.metrics.tokens_in.inc_by(req.prompt_ids.len() as u64);
+    let result = drive(&gw, &group, &req, &out, deadline, origin.started, &span).await;
+    let (ended, code) = match result {
+        Ok(Ended::Finished) => (Ended::Finished, tonic::Code::Ok),
+        Ok(Ended::ClientGone) => (Ended::ClientGone, tonic::Code::Cancelled),
         Err(e) => {
             span.in_scope(|| tracing::info!(error = %e, "generation failed"));
             gw.stats.failed.fetch_add(1, Ordering::Relaxed);
-            if out.send(Err(e.into())).await.is_err() { Ended::ClientGone } else { Ended::Finished }
+            let code = e.code();
+            let ended = if out.send(Err(e.into())).await.is_err() { Ended::ClientGone } else { Ended::Finished };
+            (ended, code)
         }
+    };
+    gw.metrics.record_rpc(origin.method, code);
+    if code == tonic::Code::Ok {
+        gw.metrics.e2e.observe(origin.started.elapsed().as_secs_f64());
     }
+    ended
 }
 
 async fn drive(
@@ -80,6 +102,7 @@ async fn drive(
     let hashes = full_block_hashes(group.info.block_hash_seed, &req.prompt_ids);
     let mut p = Progress {
         generated: Vec::new(),
+        last_chunk: None,
         detok: Detokenizer::new(&group.tokenizer, req.skip_special_tokens),
         stop: StopMatcher::new(req.stop_strings.clone()),
         first_token: None,
@@ -130,7 +153,7 @@ async fn drive(
         if let Some(d) = deadline {
             request.set_timeout(d.saturating_duration_since(Instant::now()));
         }
-        crate::trace::inject(span, request.metadata_mut());
+        tokenfleet_proto::runtime::telemetry::inject(span, request.metadata_mut());
         let mut client = w.client.clone();
         let mut stream = match client.generate(request).await {
             Ok(s) => s.into_inner(),
@@ -211,8 +234,17 @@ async fn forward(
     started: Instant,
 ) -> Option<Ended> {
     let worker_queue_ms = m.timings.as_ref().map(|t| t.queue_ms).unwrap_or(0.0);
+    let now = Instant::now();
+    if !m.token_ids.is_empty() {
+        match p.last_chunk {
+            None => gw.metrics.ttft.observe(now.duration_since(started).as_secs_f64()),
+            Some(t) => gw.metrics.itl.observe(now.duration_since(t).as_secs_f64()),
+        }
+        p.last_chunk = Some(now);
+        gw.metrics.tokens_out.inc_by(m.token_ids.len() as u64);
+    }
     if !m.token_ids.is_empty() && p.first_token.is_none() {
-        p.first_token = Some(Instant::now());
+        p.first_token = Some(now);
     }
     p.generated.extend_from_slice(&m.token_ids);
     gw.stats.tokens_out.fetch_add(m.token_ids.len() as u64, Ordering::Relaxed);

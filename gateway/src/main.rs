@@ -2,46 +2,66 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use tokenfleet_gateway::config::GatewayArgs;
+use clap::{Parser, Subcommand};
+use tokenfleet_gateway::config::{GatewayConfig, GatewayFlags};
+use tokenfleet_proto::runtime::telemetry;
 
 #[derive(Debug, Parser)]
-#[command(name = "tokenfleet-gateway", version, about = "tokenfleet gateway: the public gRPC API in front of tokenfleet workers")]
+#[command(
+    name = "tokenfleet-gateway",
+    version,
+    about = "tokenfleet gateway: the public gRPC API in front of tokenfleet workers",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value = "text")]
-    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
-    args: GatewayArgs,
+    flags: GatewayFlags,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve (the default when no subcommand is given).
+    Serve(GatewayFlags),
+    /// Print the effective configuration (defaults < --config file < env < flags), API keys redacted.
+    PrintConfig(GatewayFlags),
+}
+
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    let _ = match cli.log_format {
-        LogFormat::Text => b.try_init(),
-        LogFormat::Json => b.json().try_init(),
+    let flags = match cli.command {
+        Some(Command::PrintConfig(f)) => {
+            return match tokenfleet_gateway::server::print_config(&f) {
+                Ok(text) => {
+                    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), format!("{text}\n").as_bytes());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            };
+        }
+        Some(Command::Serve(f)) => f,
+        None => cli.flags,
+    };
+    let cfg = match GatewayConfig::load(&flags) {
+        Ok(c) => c.value,
+        Err(e) => return fail(e.into()),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(anyhow::anyhow!("starting the async runtime: {e}")),
     };
-    match rt.block_on(tokenfleet_gateway::server::serve(cli.args)) {
+    let result = rt.block_on(async move {
+        let _telemetry = telemetry::init(cfg.log_format, "info", &cfg.otel)?;
+        tokenfleet_gateway::server::serve(cfg).await
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(e),
     }
 }

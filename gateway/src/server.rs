@@ -11,7 +11,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::auth::ApiKeys;
-use crate::config::GatewayArgs;
+use crate::config::{GatewayConfig, GatewayFlags};
 use crate::pool::discovery::{DnsTarget, endpoint_uri, run_dns};
 use crate::pool::{Pool, PoolConfig};
 use crate::service::TextGenerationService;
@@ -22,20 +22,20 @@ fn read(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
-fn worker_tls(a: &GatewayArgs) -> anyhow::Result<Option<ClientTlsConfig>> {
-    let Some(ca) = &a.worker_tls_ca else { return Ok(None) };
+fn worker_tls(a: &GatewayConfig) -> anyhow::Result<Option<ClientTlsConfig>> {
+    let Some(ca) = &a.worker_tls.ca else { return Ok(None) };
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
-    if let (Some(c), Some(k)) = (&a.worker_tls_cert, &a.worker_tls_key) {
+    if let (Some(c), Some(k)) = (&a.worker_tls.cert, &a.worker_tls.key) {
         tls = tls.identity(Identity::from_pem(read(c)?, read(k)?));
     }
-    if let Some(d) = &a.worker_tls_domain {
+    if let Some(d) = &a.worker_tls.domain {
         tls = tls.domain_name(d.clone());
     }
     Ok(Some(tls))
 }
 
 /// Builds the shared state and starts discovery.
-pub fn build(a: &GatewayArgs) -> anyhow::Result<Arc<Gateway>> {
+pub fn build(a: &GatewayConfig) -> anyhow::Result<Arc<Gateway>> {
     let tls = worker_tls(a)?;
     let secure = tls.is_some();
     let pool =
@@ -46,9 +46,6 @@ pub fn build(a: &GatewayArgs) -> anyhow::Result<Arc<Gateway>> {
     let targets = a.worker_dns.iter().map(|d| DnsTarget::parse(d, secure)).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
     if !targets.is_empty() {
         tokio::spawn(run_dns(pool.clone(), targets, Duration::from_secs(a.dns_refresh_s.max(1))));
-    }
-    if a.workers.is_empty() && a.worker_dns.is_empty() {
-        anyhow::bail!("no workers configured: give --worker URL or --worker-dns HOST:PORT");
     }
     let max_inflight = a.max_inflight.max(1);
     Ok(Arc::new(Gateway {
@@ -64,6 +61,7 @@ pub fn build(a: &GatewayArgs) -> anyhow::Result<Arc<Gateway>> {
         max_inflight,
         draining: Default::default(),
         stats: Stats::default(),
+        metrics: Default::default(),
     }))
 }
 
@@ -73,9 +71,21 @@ async fn set_health(h: &HealthReporter, serving: bool) {
     h.set_service_status("tokenfleet.v1.TextGeneration", s).await;
 }
 
+/// `print-config`: the effective configuration after every layer (API keys redacted).
+pub fn print_config(flags: &GatewayFlags) -> anyhow::Result<String> {
+    Ok(GatewayConfig::load(flags)?.value.render()?)
+}
+
 /// Serves until SIGTERM/SIGINT, then drains.
-pub async fn serve(a: GatewayArgs) -> anyhow::Result<()> {
+pub async fn serve(a: GatewayConfig) -> anyhow::Result<()> {
     let gw = build(&a)?;
+    if let Some(addr) = a.metrics_listen {
+        let (metrics, registry) = crate::metrics::GatewayMetrics::register(gw.clone());
+        let bound = tokenfleet_proto::runtime::metrics_http::serve(addr, Arc::new(registry), metrics)
+            .await
+            .with_context(|| format!("binding metrics port {addr}"))?;
+        tracing::info!(metrics = %bound, "Prometheus metrics at /metrics");
+    }
     let keys = ApiKeys::new(a.api_keys.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, false).await;
@@ -92,7 +102,7 @@ pub async fn serve(a: GatewayArgs) -> anyhow::Result<()> {
     let api =
         v1::text_generation_server::TextGenerationServer::with_interceptor(TextGenerationService::new(gw.clone()), move |r| k.check(r));
     let mut builder = tonic::transport::Server::builder();
-    if let (Some(c), Some(k)) = (&a.tls_cert, &a.tls_key) {
+    if let (Some(c), Some(k)) = (&a.tls.cert, &a.tls.key) {
         builder =
             builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(read(c)?, read(k)?))).context("TLS configuration")?;
     }
@@ -115,7 +125,7 @@ pub async fn serve(a: GatewayArgs) -> anyhow::Result<()> {
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
         );
     }
-    tracing::info!(listen = %a.listen, policy = a.policy.as_str(), api_keys = keys.enabled(), tls = a.tls_cert.is_some(), "gateway listening");
+    tracing::info!(listen = %a.listen, policy = a.policy.as_str(), api_keys = keys.enabled(), tls = a.tls.cert.is_some(), "gateway listening");
 
     // Health follows the pool: SERVING iff at least one worker is healthy.
     let gw_h = gw.clone();

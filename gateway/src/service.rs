@@ -60,22 +60,50 @@ pub fn admit(gw: &Gateway) -> Result<(OwnedSemaphorePermit, Arc<ModelGroup>), Ga
     Ok((permit, group))
 }
 
+/// A span for one generation, child of `parent` (or of the remote context in `md`).
+pub fn request_span(parent: Option<&tracing::Span>, md: Option<&tonic::metadata::MetadataMap>) -> tracing::Span {
+    let span = match parent {
+        Some(p) => {
+            tracing::info_span!(parent: p, "gateway.generate", request_id = tracing::field::Empty, prompt_tokens = tracing::field::Empty)
+        }
+        None => tracing::info_span!("gateway.generate", request_id = tracing::field::Empty, prompt_tokens = tracing::field::Empty),
+    };
+    if let Some(md) = md {
+        tokenfleet_proto::runtime::telemetry::adopt_remote_parent(&span, md);
+    }
+    span
+}
+
+/// The chunks of a started generation, and the validated request.
+pub type Started = (mpsc::Receiver<Result<v1::GenerateStreamResponse, Status>>, ValidGenerate);
+
 /// Validates and starts a generation whose chunks arrive on the returned receiver.
 pub fn start(
     gw: &Arc<Gateway>,
     r: v1::GenerateRequest,
     deadline: Option<Instant>,
-) -> Result<(mpsc::Receiver<Result<v1::GenerateStreamResponse, Status>>, ValidGenerate), GatewayError> {
-    let (permit, group) = admit(gw)?;
-    let valid = validate(r, &group, &gw.cfg.limits)?;
+    origin: generation::Origin,
+) -> Result<Started, GatewayError> {
+    let admitted = admit(gw).and_then(|(permit, group)| Ok((permit, validate(r, &group, &gw.cfg.limits)?, group)));
+    let (permit, valid, group) = match admitted {
+        Ok(v) => v,
+        Err(e) => {
+            gw.metrics.record_rpc(origin.method, e.code());
+            return Err(e);
+        }
+    };
     let (tx, rx) = mpsc::channel(gw.cfg.stream_buffer.max(1));
     let gw2 = gw.clone();
     let v2 = valid.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        generation::run(gw2, group, v2, tx, deadline).await;
+        generation::run(gw2, group, v2, tx, deadline, origin).await;
     });
     Ok((rx, valid))
+}
+
+fn origin(method: &'static str, md: &tonic::metadata::MetadataMap) -> generation::Origin {
+    generation::Origin { method, span: request_span(None, Some(md)), started: Instant::now() }
 }
 
 #[tonic::async_trait]
@@ -85,7 +113,8 @@ impl v1::text_generation_server::TextGeneration for TextGenerationService {
 
     async fn generate(&self, request: Request<v1::GenerateRequest>) -> Result<Response<v1::GenerateResponse>, Status> {
         let deadline = deadline_of(request.metadata());
-        let (mut rx, valid) = start(&self.gw, request.into_inner(), deadline)?;
+        let o = origin("Generate", request.metadata());
+        let (mut rx, valid) = start(&self.gw, request.into_inner(), deadline, o)?;
         let mut resp = v1::GenerateResponse { request_id: valid.request_id, seed: valid.seed, ..Default::default() };
         while let Some(chunk) = rx.recv().await {
             let c = chunk?;
@@ -104,18 +133,34 @@ impl v1::text_generation_server::TextGeneration for TextGenerationService {
 
     async fn generate_stream(&self, request: Request<v1::GenerateRequest>) -> Result<Response<Self::GenerateStreamStream>, Status> {
         let deadline = deadline_of(request.metadata());
-        let (rx, _) = start(&self.gw, request.into_inner(), deadline)?;
+        let o = origin("GenerateStream", request.metadata());
+        let (rx, _) = start(&self.gw, request.into_inner(), deadline, o)?;
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn session(&self, request: Request<Streaming<v1::SessionRequest>>) -> Result<Response<Self::SessionStream>, Status> {
         let deadline = deadline_of(request.metadata());
-        let rx = crate::session::run(self.gw.clone(), request.into_inner(), deadline);
+        let span = tracing::info_span!("gateway.session");
+        tokenfleet_proto::runtime::telemetry::adopt_remote_parent(&span, request.metadata());
+        let rx = crate::session::run(self.gw.clone(), request.into_inner(), deadline, span);
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn tokenize(&self, request: Request<v1::TokenizeRequest>) -> Result<Response<v1::TokenizeResponse>, Status> {
-        let r = request.into_inner();
+        let res = self.tokenize_inner(request.into_inner());
+        self.gw.metrics.record_rpc("Tokenize", res.as_ref().map(|_| tonic::Code::Ok).unwrap_or_else(|e| e.code()));
+        res
+    }
+
+    async fn model_info(&self, _request: Request<v1::ModelInfoRequest>) -> Result<Response<v1::ModelInfoResponse>, Status> {
+        let res = self.model_info_inner();
+        self.gw.metrics.record_rpc("ModelInfo", res.as_ref().map(|_| tonic::Code::Ok).unwrap_or_else(|e| e.code()));
+        res
+    }
+}
+
+impl TextGenerationService {
+    fn tokenize_inner(&self, r: v1::TokenizeRequest) -> Result<Response<v1::TokenizeResponse>, Status> {
         if r.text.len() > tokenfleet_proto::limits::MAX_TEXT_BYTES {
             return Err(GatewayError::Invalid(format!(
                 "text is {} bytes; at most {} are allowed",
@@ -132,7 +177,7 @@ impl v1::text_generation_server::TextGeneration for TextGenerationService {
         Ok(Response::new(v1::TokenizeResponse { ids: enc.get_ids().to_vec(), tokens: enc.get_tokens().to_vec() }))
     }
 
-    async fn model_info(&self, _request: Request<v1::ModelInfoRequest>) -> Result<Response<v1::ModelInfoResponse>, Status> {
+    fn model_info_inner(&self) -> Result<Response<v1::ModelInfoResponse>, Status> {
         let (group, healthy) = self.gw.pool.primary().ok_or(GatewayError::NoHealthyWorker)?;
         let i = &group.info;
         Ok(Response::new(v1::ModelInfoResponse {

@@ -37,6 +37,7 @@ pub fn run(
     gw: Arc<Gateway>,
     mut inbound: Streaming<v1::SessionRequest>,
     deadline: Option<Instant>,
+    span: tracing::Span,
 ) -> mpsc::Receiver<Result<v1::SessionResponse, Status>> {
     let (out, rx) = mpsc::channel(gw.cfg.stream_buffer.max(1));
     tokio::spawn(async move {
@@ -52,7 +53,7 @@ pub fn run(
                 msg = inbound.message(), if inbound_open => match msg {
                     Ok(Some(m)) => {
                         serial += 1;
-                        handle(&gw, m, &out, &mut running, (&done_tx, serial), deadline).await
+                        handle(&gw, m, &out, &mut running, (&done_tx, serial), (deadline, &span)).await
                     }
                     Ok(None) => inbound_open = false,
                     Err(s) => {
@@ -79,7 +80,7 @@ async fn handle(
     out: &Out,
     running: &mut Running,
     (done, serial): (&Done, u64),
-    deadline: Option<Instant>,
+    (deadline, span): (Option<Instant>, &tracing::Span),
 ) {
     match m.kind {
         Some(v1::session_request::Kind::Start(s)) => {
@@ -98,7 +99,12 @@ async fn handle(
                 return;
             };
             req.request_id = id.clone();
-            match start(gw, req, deadline) {
+            let origin = crate::generation::Origin {
+                method: "Session",
+                span: crate::service::request_span(Some(span), None),
+                started: Instant::now(),
+            };
+            match start(gw, req, deadline, origin) {
                 Err(e) => {
                     let _ = out.send(Ok(refuse(e))).await;
                 }

@@ -53,6 +53,7 @@ pub struct Gateway {
     pub max_inflight: usize,
     pub draining: AtomicBool,
     pub stats: Stats,
+    pub metrics: crate::metrics::RequestMetrics,
 }
 
 impl Gateway {

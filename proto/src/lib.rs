@@ -30,3 +30,7 @@ pub fn finish_reason_str(reason: v1::FinishReason) -> &'static str {
         F::Cancelled => "cancelled",
     }
 }
+
+/// Shared runtime of the gateway and worker processes (feature `runtime`).
+#[cfg(feature = "runtime")]
+pub mod runtime;

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod gguf;
 pub mod model;

@@ -16,9 +16,9 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "tokenfleet-worker", version, about = "tokenfleet worker: one process per device, serving a Llama-3.1-family model")]
 struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text")]
-    log_format: LogFormat,
+    /// Log format on stderr (for `serve`: the log_format setting).
+    #[arg(long = "tool-log-format", global = true, value_enum, default_value = "text")]
+    tool_log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -32,7 +32,9 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the tokenfleet.v1.Worker gRPC service (one process per device).
-    Serve(serve::ServeArgs),
+    Serve(crate::config::ServeFlags),
+    /// Print the effective `serve` configuration (defaults < --config file < env < flags).
+    PrintConfig(crate::config::ServeFlags),
     /// Generate a completion offline through the engine (CPU backend) and print it.
     Generate(generate::GenerateArgs),
     /// Write a model directory with deterministic random weights of a named architecture.
@@ -49,10 +51,13 @@ enum Command {
 /// Parses arguments, runs the command, maps errors to exit code 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
-    init_logging(default_level, cli.log_format);
+    // `serve` sets up logging itself, from its layered configuration.
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logging("warn", cli.tool_log_format);
+    }
     let result = match cli.command {
         Command::Serve(a) => serve::run(a),
+        Command::PrintConfig(a) => serve::print_config(a),
         Command::Generate(a) => generate::run(a),
         Command::GenModel(a) => gen_model::run(a),
         Command::ConvertGguf(a) => convert::run(a),

@@ -1,91 +1,32 @@
 //! `serve`: load the model, warm up, and serve `tokenfleet.v1.Worker` (plus grpc.health.v1
 //! and reflection) until SIGTERM, then drain.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::{Args, ValueEnum};
 use tokenfleet_proto::v1;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use tokenfleet_proto::runtime::telemetry;
+
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::synthetic::SyntheticBackend;
+use crate::config::{BackendKind, ServeFlags, WorkerConfig};
 use crate::engine::request::EngineRequest;
 use crate::engine::sampler::SamplingConfig;
 use crate::engine::scheduler::SchedulerConfig;
 use crate::engine::{EngineCore, EngineHandle, RequestOutput, Scheduler};
 use crate::model::Model;
 use crate::offline::model_limits;
+use crate::service::metrics::WorkerMetrics;
 use crate::service::{WorkerService, WorkerState};
+use tokenfleet_proto::runtime::metrics_http;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BackendKind {
-    Cpu,
-    Cuda,
-    /// cuda when a GPU and driver are usable, else cpu (with a warning).
-    Auto,
-    /// No model compute: deterministic tokens (gateway benchmarks and tests).
-    Synthetic,
-}
-
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// Hugging Face model directory.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// gRPC listen address.
-    #[arg(long, default_value = "127.0.0.1:50061")]
-    pub listen: SocketAddr,
-    /// Plaintext listener with only grpc.health.v1 (for kubelet probes).
-    #[arg(long)]
-    pub health_listen: Option<SocketAddr>,
-    #[arg(long, value_enum, default_value = "auto")]
-    pub backend: BackendKind,
-    /// CUDA device ordinal (after CUDA_VISIBLE_DEVICES).
-    #[arg(long, default_value_t = 0)]
-    pub device: usize,
-    /// CUDA backend: fraction of the GPU's memory for weights + buffers + KV cache.
-    #[arg(long, default_value_t = 0.9)]
-    pub gpu_memory_fraction: f64,
-    /// KV cache blocks of 16 tokens (overrides --kv-cache-mib).
-    #[arg(long)]
-    pub kv_blocks: Option<usize>,
-    /// KV cache memory on the CPU backend, MiB.
-    #[arg(long, default_value_t = 1024)]
-    pub kv_cache_mib: usize,
-    /// Longest prompt + generation (default: the model's max_position_embeddings, capped by the KV pool).
-    #[arg(long)]
-    pub max_model_len: Option<usize>,
-    /// Token budget of one engine step (decodes + prefill chunks).
-    #[arg(long, default_value_t = 512)]
-    pub max_batch_tokens: usize,
-    /// Most sequences running at once.
-    #[arg(long, default_value_t = 64)]
-    pub max_running: usize,
-    /// Waiting-queue capacity; beyond it requests get RESOURCE_EXHAUSTED.
-    #[arg(long, default_value_t = 256)]
-    pub max_waiting: usize,
-    /// Compute threads of the CPU backend (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Synthetic backend: delay per engine step, microseconds.
-    #[arg(long, default_value_t = 0)]
-    pub synthetic_step_us: u64,
-    /// On SIGTERM, how long in-flight requests may take to finish.
-    #[arg(long, default_value_t = 30)]
-    pub drain_timeout_s: u64,
-    /// The engine counts as stalled (NOT_SERVING) after this long without progress.
-    #[arg(long, default_value_t = 30)]
-    pub stall_timeout_s: u64,
-}
-
-fn build_backend(a: &ServeArgs, model: &Model) -> anyhow::Result<(Box<dyn Backend>, usize)> {
+fn build_backend(a: &WorkerConfig, model: &Model) -> anyhow::Result<(Box<dyn Backend>, usize)> {
     let cfg = &model.config;
     match a.backend {
         BackendKind::Cuda => build_cuda(a, model),
@@ -116,7 +57,7 @@ fn cuda_probe(_device: usize) -> Result<(), String> {
 }
 
 #[cfg(feature = "cuda")]
-fn build_cuda(a: &ServeArgs, model: &Model) -> anyhow::Result<(Box<dyn Backend>, usize)> {
+fn build_cuda(a: &WorkerConfig, model: &Model) -> anyhow::Result<(Box<dyn Backend>, usize)> {
     use crate::backend::cuda::{CudaBackend, CudaConfig};
     use crate::backend::cuda_plan::StepCapacity;
     if !(a.gpu_memory_fraction > 0.0 && a.gpu_memory_fraction <= 1.0) {
@@ -138,16 +79,16 @@ fn build_cuda(a: &ServeArgs, model: &Model) -> anyhow::Result<(Box<dyn Backend>,
 
 /// The CUDA backend sizes its block tables for this many positions; requests are limited
 /// to it too (default: the model's context, capped at 32k to keep step buffers small).
-fn cuda_max_context(a: &ServeArgs, model: &Model) -> usize {
+fn cuda_max_context(a: &WorkerConfig, model: &Model) -> usize {
     a.max_model_len.unwrap_or(model.config.max_position_embeddings.min(32768))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn build_cuda(a: &ServeArgs, _model: &Model) -> anyhow::Result<(Box<dyn Backend>, usize)> {
+fn build_cuda(a: &WorkerConfig, _model: &Model) -> anyhow::Result<(Box<dyn Backend>, usize)> {
     Err(anyhow::anyhow!(cuda_probe(a.device).err().unwrap_or_default()))
 }
 
-fn build_cpu(a: &ServeArgs, model: &Model) -> anyhow::Result<(Box<dyn Backend>, usize)> {
+fn build_cpu(a: &WorkerConfig, model: &Model) -> anyhow::Result<(Box<dyn Backend>, usize)> {
     let per_block = CpuBackend::bytes_per_block(&model.config);
     let blocks = a.kv_blocks.unwrap_or((a.kv_cache_mib << 20) / per_block.max(1));
     if blocks == 0 {
@@ -156,20 +97,33 @@ fn build_cpu(a: &ServeArgs, model: &Model) -> anyhow::Result<(Box<dyn Backend>, 
     Ok((Box::new(CpuBackend::new(model, blocks)), blocks))
 }
 
-pub fn run(a: ServeArgs) -> anyhow::Result<()> {
+/// `print-config`: the effective configuration after every layer.
+pub fn print_config(flags: ServeFlags) -> anyhow::Result<()> {
+    let cfg = WorkerConfig::load(&flags)?;
+    let mut out = std::io::stdout().lock();
+    std::io::Write::write_all(&mut out, cfg.value.render()?.as_bytes())?;
+    std::io::Write::write_all(&mut out, b"\n")?;
+    Ok(())
+}
+
+pub fn run(flags: ServeFlags) -> anyhow::Result<()> {
+    let a = WorkerConfig::load(&flags)?.value;
     if let Some(n) = a.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().context("configuring compute threads")?;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the async runtime")?;
-    rt.block_on(serve(a))
+    rt.block_on(async move {
+        let _telemetry = telemetry::init(a.log_format, "info", &a.otel)?;
+        serve(a).await
+    })
 }
 
-async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+async fn serve(a: WorkerConfig) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
 
     let t0 = Instant::now();
-    let model = Model::load(&a.model)?;
+    let model = Model::load(a.model_dir())?;
     let (backend, kv_blocks) = build_backend(&a, &model)?;
     let bi = backend.info();
     let mut limits = model_limits(&model);
@@ -191,6 +145,13 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     };
     let core = EngineCore::new(Scheduler::new(sched_cfg, kv_blocks), backend);
     let (handle, engine_thread) = EngineHandle::spawn(core, a.max_waiting.max(1) + 64).context("starting the engine thread")?;
+    if let Some(addr) = a.metrics_listen {
+        let (metrics, registry) = WorkerMetrics::register(handle.clone(), kv_blocks, crate::backend::BLOCK_SIZE);
+        let m = metrics.clone();
+        let _ = handle.shared.step_observer.set(Box::new(move |seqs, secs| m.observe_step(seqs, secs)));
+        let bound = metrics_http::serve(addr, Arc::new(registry), metrics).await.with_context(|| format!("binding metrics port {addr}"))?;
+        tracing::info!(metrics = %bound, "Prometheus metrics at /metrics");
+    }
 
     let c = &model.config;
     let info = v1::InfoResponse {
@@ -237,7 +198,16 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let reflection_alpha = reflection_builder().build_v1alpha().context("building the reflection service")?;
     let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let (Some(cert), Some(key)) = (&a.tls.cert, &a.tls.key) {
+        let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+        if let Some(ca) = &a.tls.client_ca {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        builder = builder.tls_config(tls).context("TLS configuration")?;
+    }
+    let server = builder
         .add_service(v1::worker_server::WorkerServer::new(WorkerService::new(state.clone())))
         .add_service(health_service.clone())
         .add_service(reflection)
@@ -305,7 +275,7 @@ async fn warm_up(handle: &EngineHandle, model: &Model) -> anyhow::Result<()> {
 }
 
 /// Watches for signals, backend failure and stalls. Returns when the process should exit.
-async fn supervise(a: &ServeArgs, state: &Arc<WorkerState>, health: &HealthReporter) -> anyhow::Result<()> {
+async fn supervise(a: &WorkerConfig, state: &Arc<WorkerState>, health: &HealthReporter) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let stall = Duration::from_secs(a.stall_timeout_s.max(1));

@@ -18,7 +18,8 @@ use crate::backend::{Backend, BackendError};
 pub enum RequestOutput {
     Token {
         sampled: Sampled,
-        first: bool,
+        /// Set on the request's first token.
+        first: Option<FirstToken>,
     },
     Finished {
         reason: FinishReason,
@@ -29,6 +30,16 @@ pub enum RequestOutput {
     Rejected(AdmitError),
     /// The backend failed; the worker is going down.
     Failed(String),
+}
+
+/// What is known when a request's first token appears (trace events).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FirstToken {
+    pub prompt_tokens: u32,
+    /// Prompt tokens served from the prefix cache.
+    pub cached_prompt_tokens: u32,
+    pub queue_ms: f64,
+    pub first_token_ms: f64,
 }
 
 /// Counts of one step, for statistics and tracing.

@@ -59,7 +59,12 @@ pub struct Shared {
     pub fatal: Mutex<Option<String>>,
     pub stopped: AtomicBool,
     events: broadcast::Sender<BlockEvent>,
+    /// Called by the engine thread after every step with (sequences, seconds) — metrics.
+    pub step_observer: std::sync::OnceLock<StepObserver>,
 }
+
+/// Receives (sequences in the step, step wall time in seconds).
+pub type StepObserver = Box<dyn Fn(usize, f64) + Send + Sync>;
 
 impl Shared {
     /// How long ago the engine loop last made progress or idled normally.
@@ -102,6 +107,7 @@ impl EngineHandle {
             fatal: Mutex::new(None),
             stopped: AtomicBool::new(false),
             events,
+            step_observer: std::sync::OnceLock::new(),
         });
         let sh = shared.clone();
         let join = std::thread::Builder::new().name("tokenfleet-engine".into()).spawn(move || run_loop(core, rx, sh))?;
@@ -186,6 +192,9 @@ fn run_loop(mut core: EngineCore, rx: Receiver<Command>, shared: Arc<Shared>) {
         match core.step() {
             Ok(report) => {
                 let ms = start.elapsed().as_secs_f64() * 1e3;
+                if let (Some(r), Some(obs)) = (report, shared.step_observer.get()) {
+                    obs(r.sequences, ms / 1e3);
+                }
                 publish(&mut core, &shared, report.map(|r| (r.sequences as u32, r.tokens as u32, ms)));
             }
             Err(e) => {

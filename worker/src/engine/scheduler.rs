@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use super::core::FirstToken;
 use super::kv_blocks::BlockManager;
 use super::request::{EngineRequest, FinishReason};
 use super::sampler::Sampled;
@@ -55,7 +56,7 @@ pub struct StepPlan {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// A new token of a request.
-    Token { request_id: String, sampled: Sampled, first: bool },
+    Token { request_id: String, sampled: Sampled, first: Option<FirstToken> },
     /// A request ended; its blocks are already released.
     Finished { request_id: String, reason: FinishReason, usage: UsageInfo, timings: TimingInfo },
 }
@@ -337,10 +338,19 @@ impl Scheduler {
             }
             let Some(si) = entry.sample else { continue };
             let Some(s) = sampled.get(si) else { continue };
-            let first = seq.first_token.is_none();
-            if first {
-                seq.first_token = Some(Instant::now());
-            }
+            let first = if seq.first_token.is_none() {
+                let now = Instant::now();
+                seq.first_token = Some(now);
+                let ms = |t: Instant| t.duration_since(seq.req.arrival).as_secs_f64() * 1e3;
+                Some(FirstToken {
+                    prompt_tokens: seq.prompt_len as u32,
+                    cached_prompt_tokens: seq.cached_prompt_tokens as u32,
+                    queue_ms: seq.first_scheduled.map(ms).unwrap_or(0.0),
+                    first_token_ms: ms(now),
+                })
+            } else {
+                None
+            };
             seq.push_token(s.token);
             self.counters.generated_tokens += 1;
             effects.push(Effect::Token { request_id: seq.req.id.clone(), sampled: s.clone(), first });

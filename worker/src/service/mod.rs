@@ -1,5 +1,6 @@
 //! The `tokenfleet.v1.Worker` gRPC service over the engine thread.
 
+pub mod metrics;
 pub mod status;
 pub mod watch;
 
@@ -11,6 +12,8 @@ use futures::Stream;
 use tokenfleet_proto::v1;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tonic::{Request, Response, Status};
+
+use tokenfleet_proto::runtime::telemetry;
 
 use crate::engine::core::RequestOutput;
 use crate::engine::handle::EngineHandle;
@@ -102,8 +105,16 @@ fn response_stream(
         while let Some(out) = next.take() {
             match out {
                 RequestOutput::Token { sampled, first } => {
-                    if first {
-                        st.span.in_scope(|| tracing::debug!("first token"));
+                    if let Some(f) = first {
+                        st.span.in_scope(|| {
+                            tracing::info!(
+                                prompt_tokens = f.prompt_tokens,
+                                cached_tokens = f.cached_prompt_tokens,
+                                queue_ms = f.queue_ms,
+                                "prefill done"
+                            );
+                            tracing::info!(first_token_ms = f.first_token_ms, "first token");
+                        });
                     }
                     msg.token_ids.push(sampled.token);
                     if st.want_logprobs {
@@ -112,7 +123,14 @@ fn response_stream(
                     next = st.rx.try_recv().ok();
                 }
                 RequestOutput::Finished { reason, usage, timings } => {
-                    st.span.in_scope(|| tracing::debug!(reason = reason.as_str(), completion_tokens = usage.completion_tokens, "finished"));
+                    st.span.in_scope(|| {
+                        tracing::info!(
+                            reason = reason.as_str(),
+                            completion_tokens = usage.completion_tokens,
+                            total_ms = timings.total_ms,
+                            "finished"
+                        )
+                    });
                     msg.finish_reason = Some(reason.to_proto() as i32);
                     msg.usage = Some(v1::Usage {
                         prompt_tokens: usage.prompt_tokens,
@@ -159,10 +177,19 @@ impl v1::worker_server::Worker for WorkerService {
         if load.waiting >= st.info.max_waiting {
             return Err(WorkerError::Admit(crate::engine::scheduler::AdmitError::QueueFull(st.info.max_waiting as usize)).into());
         }
+        let span = tracing::info_span!(
+            "worker.generate",
+            request_id = tracing::field::Empty,
+            prompt_tokens = tracing::field::Empty,
+            resumed = tracing::field::Empty
+        );
+        telemetry::adopt_remote_parent(&span, request.metadata());
         let r = request.into_inner();
         let req = validate_worker_request(&r, &st.limits, rand::random()).map_err(WorkerError::from)?;
-        let span = tracing::info_span!("request", request_id = %req.id, prompt_tokens = req.prompt.len(), resumed = req.generated.len());
-        span.in_scope(|| tracing::debug!("queued"));
+        span.record("request_id", req.id.as_str());
+        span.record("prompt_tokens", req.prompt.len());
+        span.record("resumed", req.generated.len());
+        span.in_scope(|| tracing::info!(waiting = st.handle.load().waiting, "queued"));
         let seed = req.seed;
         let want = req.logprobs;
         let rx = st.handle.submit(req).map_err(WorkerError::from)?;
