@@ -99,6 +99,41 @@ unsafe fn dot_avx2(a: *const f32, b: *const f32, k: usize) -> f32 {
     s
 }
 
+/// `y[i] += a · x[i]` with one fused multiply-add per element (each element independent,
+/// so the result does not depend on vector width).
+#[inline]
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: both slices hold >= n floats; features checked.
+        unsafe { axpy_avx2(a, x.as_ptr(), y.as_mut_ptr(), n) };
+        return;
+    }
+    for (yi, xi) in y[..n].iter_mut().zip(&x[..n]) {
+        *yi = a.mul_add(*xi, *yi);
+    }
+}
+
+/// # Safety
+/// `x` and `y` valid for `n` floats; avx2/fma supported.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_avx2(a: f32, x: *const f32, y: *mut f32, n: usize) {
+    let av = _mm256_set1_ps(a);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n.
+        unsafe { _mm256_storeu_ps(y.add(i), _mm256_fmadd_ps(av, _mm256_loadu_ps(x.add(i)), _mm256_loadu_ps(y.add(i)))) };
+        i += 8;
+    }
+    while i < n {
+        // SAFETY: i < n.
+        unsafe { *y.add(i) = a.mul_add(*x.add(i), *y.add(i)) };
+        i += 1;
+    }
+}
+
 /// Rows of the weight panel per micro-tile.
 pub const TILE_ROWS: usize = 4;
 /// Tokens per micro-tile.
