@@ -87,10 +87,7 @@ pub fn paged_attention(q: &[f32], k_pool: &KvPool, v_pool: &KvPool, seqs: &[SeqC
         o.fill(0.0);
         for (j, p) in scores.iter().enumerate() {
             let slot = s.block_table[j / BLOCK_SIZE] as usize * BLOCK_SIZE + j % BLOCK_SIZE;
-            let vrow = v_pool.row(slot, kvh);
-            for (acc, v) in o.iter_mut().zip(vrow) {
-                *acc = p.mul_add(*v, *acc);
-            }
+            simd::axpy(*p, v_pool.row(slot, kvh), o);
         }
         let inv = 1.0 / sum;
         for acc in o.iter_mut() {
