@@ -105,7 +105,7 @@ fn matmul_direct(x: &[f32], tokens: usize, w: &WeightMatrix, out: &mut [f32]) {
             let mut res = vec![0.0f32; rows * tokens];
             let mut r = 0;
             while r < rows {
-                let g = [row(r0 + r), row(r0 + r + 1), row(r0 + r + 2), row(r0 + r + 3)];
+                let g: [&[u8]; DIRECT_ROWS] = std::array::from_fn(|i| row(r0 + r + i));
                 for t in 0..tokens {
                     let d = simd::rows_dot(g, ty, &x[t * k..(t + 1) * k], k);
                     for (dr, v) in d.iter().enumerate().take(rows - r) {

@@ -202,7 +202,7 @@ pub enum RowType {
 }
 
 /// Rows per direct (decode) micro-tile.
-pub const DIRECT_ROWS: usize = 4;
+pub const DIRECT_ROWS: usize = 8;
 
 /// `out[r] = dot(widen(w[r]), x)` for rows given as raw little-endian bytes, widened in
 /// registers — the decode path, where each weight is used once and a conversion pass
@@ -390,8 +390,9 @@ mod tests {
                 (RowType::F32, |v: f32| v.to_le_bytes().to_vec()),
             ] {
                 let bytes: Vec<Vec<u8>> = rows.iter().map(|r| r.iter().flat_map(|v| enc(*v)).collect()).collect();
-                let out = rows_dot([&bytes[0], &bytes[1], &bytes[2], &bytes[3]], ty, &x, k);
-                for r in 0..4 {
+                let out = rows_dot(std::array::from_fn(|i| bytes[i % 4].as_slice()), ty, &x, k);
+                for r in 0..DIRECT_ROWS {
+                    let r = r % 4;
                     let mut wide = vec![0.0; k];
                     match ty {
                         RowType::F16 => f16_to_f32(&bytes[r], &mut wide),
