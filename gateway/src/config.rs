@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde::{Deserialize, Serialize};
 use tokenfleet_proto::runtime::config::{self as layered, ConfigError, Layered};
 use tokenfleet_proto::runtime::telemetry::{LogFormat, OtelConfig};
@@ -90,14 +90,6 @@ impl Default for GatewayConfig {
     }
 }
 
-/// clap's spelling of [`LogFormat`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormatArg {
-    Text,
-    Json,
-}
-
 /// Command-line flags: each overrides the same key of the lower layers when given.
 #[derive(Debug, Clone, Default, Args, Serialize)]
 pub struct GatewayFlags {
@@ -172,7 +164,7 @@ pub struct GatewayFlags {
     /// text or json [default text].
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_format: Option<LogFormatArg>,
+    pub log_format: Option<LogFormat>,
     #[command(flatten)]
     pub tls: TlsFlags,
     #[command(flatten)]

@@ -8,6 +8,7 @@
 
 mod error;
 pub mod module;
+pub mod philox;
 pub mod shapes;
 
 pub use error::KernelError;

@@ -166,17 +166,9 @@ pub struct ServeFlags {
     /// text or json [default text].
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_format: Option<LogFormatArg>,
+    pub log_format: Option<LogFormat>,
     #[command(flatten)]
     pub otel: OtelFlags,
-}
-
-/// clap's spelling of [`LogFormat`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormatArg {
-    Text,
-    Json,
 }
 
 /// `[otel]` overrides.

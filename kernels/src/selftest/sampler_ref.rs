@@ -1,35 +1,10 @@
-//! The CPU reference for the device sampler: the algorithm of worker/src/engine/sampler.rs
-//! and philox.rs, ported step for step (this crate cannot depend on the worker), plus the
-//! race's winning margin so near-ties can be told apart from real mismatches.
+//! The CPU reference for the device sampler: the algorithm of worker/src/engine/sampler.rs,
+//! ported step for step (this crate cannot depend on the worker; both share
+//! [`crate::philox`]), plus the race's winning margin so near-ties can be told apart from
+//! real mismatches.
 
 use crate::ops::SampleParams;
-
-const M0: u32 = 0xD251_1F53;
-const M1: u32 = 0xCD9E_8D57;
-const W0: u32 = 0x9E37_79B9;
-const W1: u32 = 0xBB67_AE85;
-
-/// Philox4x32-10 (Salmon et al., SC'11).
-pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
-    let mut c = counter;
-    let mut k = key;
-    for round in 0..10 {
-        if round > 0 {
-            k[0] = k[0].wrapping_add(W0);
-            k[1] = k[1].wrapping_add(W1);
-        }
-        let p0 = (M0 as u64) * (c[0] as u64);
-        let p1 = (M1 as u64) * (c[2] as u64);
-        c = [((p1 >> 32) as u32) ^ c[1] ^ k[0], p1 as u32, ((p0 >> 32) as u32) ^ c[3] ^ k[1], p0 as u32];
-    }
-    c
-}
-
-/// `(x + 0.5) / 2^32`, x = first word of Philox(key = seed, counter = (t, v, 0, 0)).
-pub fn uniform(seed: u64, t: u32, v: u32) -> f64 {
-    let x = philox4x32_10([t, v, 0, 0], [seed as u32, (seed >> 32) as u32])[0];
-    (x as f64 + 0.5) / 4_294_967_296.0
-}
+use crate::philox::uniform;
 
 /// One row to sample.
 #[derive(Debug, Clone)]
@@ -172,18 +147,6 @@ fn draw(l: &mut [f32], p: &SampleParams) -> (u32, Option<f64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Random123 known-answer vectors (philox4x32, 10 rounds): the device port uses the
-    /// same constants and rounds.
-    #[test]
-    fn philox_known_answers() {
-        assert_eq!(philox4x32_10([0, 0, 0, 0], [0, 0]), [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]);
-        assert_eq!(philox4x32_10([u32::MAX; 4], [u32::MAX, u32::MAX]), [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]);
-        assert_eq!(
-            philox4x32_10([0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0]),
-            [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]
-        );
-    }
 
     #[test]
     fn greedy_ties_go_to_the_lowest_id_and_top_is_ordered() {

@@ -4,7 +4,6 @@
 pub mod core;
 pub mod handle;
 pub mod kv_blocks;
-pub mod philox;
 pub mod request;
 pub mod sampler;
 pub mod scheduler;

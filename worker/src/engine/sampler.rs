@@ -10,11 +10,11 @@
 //!    probability descending (ties by lower id), keep the shortest prefix whose probability
 //!    sum is ≥ p. min-p: keep ids with `p ≥ min_p · p_max`.
 //! 6. The exponential race: among kept ids pick the argmax of
-//!    `(l_v − l_max) − ln(−ln u_v)` (f64) with `u_v` = [`philox::uniform`]`(seed, t, v)`,
+//!    `(l_v − l_max) − ln(−ln u_v)` (f64) with `u_v` = `tokenfleet_kernels::philox::uniform(seed, t, v)`,
 //!    ties to the lowest id. This is an exact draw from the kept distribution (argmax of
 //!    `p_v / E_v` with `E_v ~ Exp(1)`), needs no sort, and depends only on (seed, t, v).
 
-use super::philox;
+use tokenfleet_kernels::philox;
 
 /// Validated sampling parameters (defaults already filled in).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,4 +1,6 @@
-//! Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11):
+//! Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11), the
+//! sampler's keyed RNG — here, next to the device port in `cuda/sampling.cu`, because both
+//! sides must compute exactly the same numbers:
 //! a counter-based generator, so the random number for (seed, token index, vocab id) is a
 //! pure function — identical on any backend, in any batch, after any resume.
 
