@@ -85,8 +85,44 @@ pub fn matmul(x: &[f32], tokens: usize, w: &WeightMatrix, out: &mut [f32]) {
     scatter(&results, PANEL_ROWS, tokens, n, out);
 }
 
+/// Several products of the same activations (Q|K|V, gate|up) in one parallel region: on
+/// the decode path a region costs about as much as a small matmul, so fusing them matters.
+pub fn matmul_many(x: &[f32], tokens: usize, jobs: &mut [(&WeightMatrix, &mut [f32])]) {
+    if tokens > DIRECT_MAX_TOKENS {
+        for (w, out) in jobs.iter_mut() {
+            matmul(x, tokens, w, out);
+        }
+        return;
+    }
+    let tasks: Vec<(usize, usize)> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(j, (w, _))| (0..w.rows.div_ceil(DIRECT_TASK_ROWS)).map(move |t| (j, t * DIRECT_TASK_ROWS)))
+        .collect();
+    for (w, out) in jobs.iter() {
+        assert!(x.len() >= tokens * w.cols && out.len() >= tokens * w.rows, "matmul buffers too small");
+    }
+    let weights: Vec<&WeightMatrix> = jobs.iter().map(|(w, _)| *w).collect();
+    let results: Vec<Vec<f32>> = tasks.par_iter().map(|&(j, r0)| direct_rows(x, tokens, weights[j], r0)).collect();
+    for (&(j, r0), res) in tasks.iter().zip(&results) {
+        let (w, out) = &mut jobs[j];
+        for r in 0..res.len() / tokens {
+            for t in 0..tokens {
+                out[t * w.rows + r0 + r] = res[r * tokens + t];
+            }
+        }
+    }
+}
+
 /// The decode path: every weight is read once, straight from the checkpoint bytes.
 fn matmul_direct(x: &[f32], tokens: usize, w: &WeightMatrix, out: &mut [f32]) {
+    let tasks = w.rows.div_ceil(DIRECT_TASK_ROWS);
+    let results: Vec<Vec<f32>> = (0..tasks).into_par_iter().map(|task| direct_rows(x, tokens, w, task * DIRECT_TASK_ROWS)).collect();
+    scatter(&results, DIRECT_TASK_ROWS, tokens, w.rows, out);
+}
+
+/// `[rows × tokens]` results of up to DIRECT_TASK_ROWS rows from `r0`.
+fn direct_rows(x: &[f32], tokens: usize, w: &WeightMatrix, r0: usize) -> Vec<f32> {
     let (n, k) = (w.rows, w.cols);
     let ty = match w.dtype() {
         DType::F16 => RowType::F16,
@@ -96,28 +132,20 @@ fn matmul_direct(x: &[f32], tokens: usize, w: &WeightMatrix, out: &mut [f32]) {
     let es = w.dtype().size();
     let bytes = w.bytes();
     let row = |r: usize| &bytes[r.min(n - 1) * k * es..][..k * es];
-    let tasks = n.div_ceil(DIRECT_TASK_ROWS);
-    let results: Vec<Vec<f32>> = (0..tasks)
-        .into_par_iter()
-        .map(|task| {
-            let r0 = task * DIRECT_TASK_ROWS;
-            let rows = DIRECT_TASK_ROWS.min(n - r0);
-            let mut res = vec![0.0f32; rows * tokens];
-            let mut r = 0;
-            while r < rows {
-                let g: [&[u8]; DIRECT_ROWS] = std::array::from_fn(|i| row(r0 + r + i));
-                for t in 0..tokens {
-                    let d = simd::rows_dot(g, ty, &x[t * k..(t + 1) * k], k);
-                    for (dr, v) in d.iter().enumerate().take(rows - r) {
-                        res[(r + dr) * tokens + t] = *v;
-                    }
-                }
-                r += DIRECT_ROWS;
+    let rows = DIRECT_TASK_ROWS.min(n - r0);
+    let mut res = vec![0.0f32; rows * tokens];
+    let mut r = 0;
+    while r < rows {
+        let g: [&[u8]; DIRECT_ROWS] = std::array::from_fn(|i| row(r0 + r + i));
+        for t in 0..tokens {
+            let d = simd::rows_dot(g, ty, &x[t * k..(t + 1) * k], k);
+            for (dr, v) in d.iter().enumerate().take(rows - r) {
+                res[(r + dr) * tokens + t] = *v;
             }
-            res
-        })
-        .collect();
-    scatter(&results, DIRECT_TASK_ROWS, tokens, n, out);
+        }
+        r += DIRECT_ROWS;
+    }
+    res
 }
 
 fn scatter(results: &[Vec<f32>], rows_per_task: usize, tokens: usize, n: usize, out: &mut [f32]) {

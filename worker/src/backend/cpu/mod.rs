@@ -10,7 +10,7 @@ pub mod matmul;
 pub mod simd;
 
 use attention::{AttnShape, KvPool, paged_attention};
-use matmul::{WeightMatrix, matmul};
+use matmul::{WeightMatrix, matmul, matmul_many};
 
 use super::{Backend, BackendError, BackendInfo, StepBatch};
 use crate::engine::sampler::{self, Sampled};
@@ -123,9 +123,7 @@ impl CpuBackend {
 
         for layer in &mut self.layers {
             rms_norm_rows(&x, &layer.input_norm, eps, &mut normed);
-            matmul(&normed, t, &layer.q, &mut q);
-            matmul(&normed, t, &layer.k, &mut k);
-            matmul(&normed, t, &layer.v, &mut v);
+            matmul_many(&normed, t, &mut [(&layer.q, &mut q), (&layer.k, &mut k), (&layer.v, &mut v)]);
             for i in 0..t {
                 let (c, s) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
                 for head in q[i * qw..(i + 1) * qw].chunks_exact_mut(hd) {
@@ -142,8 +140,7 @@ impl CpuBackend {
             add_in_place(&mut x, &proj);
 
             rms_norm_rows(&x, &layer.post_norm, eps, &mut normed);
-            matmul(&normed, t, &layer.gate, &mut gate);
-            matmul(&normed, t, &layer.up, &mut up);
+            matmul_many(&normed, t, &mut [(&layer.gate, &mut gate), (&layer.up, &mut up)]);
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = silu(*g) * u;
             }
