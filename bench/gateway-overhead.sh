@@ -49,24 +49,27 @@ wait_gateway "127.0.0.1:$GPORT" 1
 
 runs=()
 for c in $LEVELS; do
-    n=$((c * 4 > 400 ? c * 4 : 400))
+    # At least 400 requests and 16 waves of the concurrency, so every level runs for a second or more.
+    n=$((c * 16 > 400 ? c * 16 : 400))
     warm=$((c < 64 ? c : 64))
     for path in worker gateway; do
         if [[ $path == worker ]]; then addr="127.0.0.1:$WPORT" seed=$((c * 2)); else addr="127.0.0.1:$GPORT" seed=$((c * 2 + 1)); fi
         f="$TMP/c$c-$path.json"
         l0="$(load1)"
+        # A failed run can leave the worker marked unhealthy in the gateway for a moment.
+        [[ $path == gateway ]] && wait_gateway "127.0.0.1:$GPORT" 1
         log "concurrency $c via $path: $warm warm-up, then $n requests"
         # Warm-up as its own command, so the CPU time read around the measured one is the run's.
         pin 1 "$BIN/tokenfleet" bench --target "$path" --addr "$addr" --num-prompts "$warm" --concurrency "$c" \
             --input-len "$INPUT_LEN" --output-len "$OUTPUT_LEN" --ignore-eos --seed "$((seed + 100000))" \
-            --disable-progress >/dev/null
+            --disable-progress >/dev/null || true
         g0="$(proc_cpu_s "$GPID")"
         w0="$(proc_cpu_s "$WPID")"
         # Different seeds per path: no prompt is a prefix-cache hit from the other run.
         pin 1 "$BIN/tokenfleet" bench --target "$path" --addr "$addr" --num-prompts "$n" --concurrency "$c" \
             --input-len "$INPUT_LEN" --output-len "$OUTPUT_LEN" --ignore-eos \
             --seed "$seed" --disable-progress --json "$f" \
-            --metadata "path=$path" >"$TMP/c$c-$path.txt"
+            --metadata "path=$path" >"$TMP/c$c-$path.txt" || log "concurrency $c via $path: every request failed (kept in the result)"
         g1="$(proc_cpu_s "$GPID")"
         w1="$(proc_cpu_s "$WPID")"
         python3 - "$f" "$g0" "$g1" "$w0" "$w1" "$l0" <<'EOF'
@@ -108,7 +111,8 @@ for c in sorted({r["max_concurrency"] for r in runs}):
         "throughput_ratio": g["output_throughput"] / d["output_throughput"],
         "gateway_cpu_util": g["gateway_cpu_s"] / g["duration"],
         "tokens_per_gateway_cpu_s": fwd_tokens / g["gateway_cpu_s"] if g["gateway_cpu_s"] > 0 else None,
-        "failed": d["failed"] + g["failed"],
+        "failed_direct": d["failed"], "failed_gateway": g["failed"],
+        "gateway_errors": g.get("error_counts", []),
     })
 best = max(rows, key=lambda r: r["gateway_output_tok_s"])
 result = {
@@ -121,12 +125,14 @@ result = {
     "runs": runs,
 }
 json.dump(result, open(out, "w"), indent=1)
-hdr = f"{'conc':>5} {'TTFT p50 d/g ms':>17} {'TTFT p99 d/g ms':>17} {'ITL mean d/g ms':>17} {'ITL x':>6} {'tok/s direct':>12} {'tok/s gw':>10} {'gw cpu':>7} {'tok/gw-cpu-s':>12} fail"
+hdr = f"{'conc':>5} {'TTFT p50 d/g ms':>17} {'TTFT p99 d/g ms':>17} {'ITL mean d/g ms':>17} {'ITL x':>6} {'tok/s direct':>12} {'tok/s gw':>10} {'gw cpu':>7} {'tok/gw-cpu-s':>12} fail d/g"
 print(hdr)
 for r in rows:
     print(f"{r['concurrency']:>5} {r['direct_ttft_p50_ms']:>8.2f}/{r['gateway_ttft_p50_ms']:<8.2f} {r['direct_ttft_p99_ms']:>8.2f}/{r['gateway_ttft_p99_ms']:<8.2f} "
           f"{r['direct_itl_mean_ms']:>8.3f}/{r['gateway_itl_mean_ms']:<8.3f} {r['itl_mean_ratio'] or 0:>6.2f} {r['direct_output_tok_s']:>12.0f} "
-          f"{r['gateway_output_tok_s']:>10.0f} {r['gateway_cpu_util']:>7.2f} {r['tokens_per_gateway_cpu_s'] or 0:>12.0f} {r['failed']}")
+          f"{r['gateway_output_tok_s']:>10.0f} {r['gateway_cpu_util']:>7.2f} {r['tokens_per_gateway_cpu_s'] or 0:>12.0f} {r['failed_direct']}/{r['failed_gateway']}")
+    for e in r["gateway_errors"][:2]:
+        print(f"      gateway errors x{e['count']}: {e['error'][:110]}")
 print(f"wrote {out}")
 EOF
 log "load after: $(load1)"
