@@ -113,7 +113,7 @@ pub async fn serve(a: GatewayConfig) -> anyhow::Result<()> {
         .add_service(health_service.clone())
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         });
     let server_task = tokio::spawn(server);
@@ -122,7 +122,7 @@ pub async fn serve(a: GatewayConfig) -> anyhow::Result<()> {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(health_service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true))),
         );
     }
     tracing::info!(listen = %a.listen, policy = a.policy.as_str(), api_keys = keys.enabled(), tls = a.tls.cert.is_some(), "gateway listening");

@@ -212,7 +212,7 @@ async fn serve(a: WorkerConfig) -> anyhow::Result<()> {
         .add_service(health_service.clone())
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         });
     let server_task = tokio::spawn(server);
@@ -220,7 +220,9 @@ async fn serve(a: WorkerConfig) -> anyhow::Result<()> {
         let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding health port {addr}"))?;
         let hs = health_service.clone();
         tokio::spawn(
-            tonic::transport::Server::builder().add_service(hs).serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+            tonic::transport::Server::builder()
+                .add_service(hs)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true))),
         );
     }
 
