@@ -25,7 +25,7 @@ build_release
 [[ -f "$Q41" && -f "$MODEL/config.json" ]] || scripts/fetch-smollm2.sh >&2
 PY="$(bench/lib/llamacpp-venv.sh)"
 mkdir -p "$RESULTS"
-OUT="$RESULTS/$STAMP-$MACHINE-cpu-vs-llamacpp.json"
+OUT="$RESULTS/$STAMP-$MACHINE-cpu-vs-llamacpp$TAG.json"
 load_before="$(wait_quiet 0.5)"
 log "load before: $load_before"
 machine_json >"$TMP/machine.json"

@@ -34,7 +34,7 @@ if [[ "${NODELAY_SHIM:-0}" == "1" ]]; then
     SERVER_ENV=(env "LD_PRELOAD=$ROOT/target/bench/nodelay_shim.so")
     NAME=gateway-overhead-nodelay-shim
 fi
-OUT="$RESULTS/$STAMP-$MACHINE-$NAME.json"
+OUT="$RESULTS/$STAMP-$MACHINE-$NAME$TAG.json"
 load_before="$(wait_quiet 0.5)"
 log "load before: $load_before"
 machine_json >"$TMP/machine.json"

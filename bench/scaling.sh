@@ -20,7 +20,7 @@ PORT="${PORT:-57351}"
 build_release
 [[ -f "$MODEL/config.json" ]] || scripts/fetch-smollm2.sh >&2
 mkdir -p "$RESULTS"
-OUT="$RESULTS/$STAMP-$MACHINE-scaling.json"
+OUT="$RESULTS/$STAMP-$MACHINE-scaling$TAG.json"
 load_before="$(wait_quiet 0.5)"
 log "load before: $load_before"
 machine_json >"$TMP/machine.json"

@@ -8,6 +8,8 @@ BIN="${TOKENFLEET_BIN_DIR:-$ROOT/target/release}"
 RESULTS="${BENCH_RESULTS_DIR:-$ROOT/bench/results}"
 MODEL="${TOKENFLEET_SMOLLM2_DIR:-$ROOT/models/smollm2-135m}"
 STAMP="$(date -u +%Y%m%d)"
+# BENCH_TAG=x appends "-x" to the result file name (e.g. to keep a before/after pair of one day).
+TAG="${BENCH_TAG:+-$BENCH_TAG}"
 # e.g. "amd-epyc-2c": the CPU model name and core count.
 MACHINE="${BENCH_MACHINE:-$(lscpu | sed -n 's/^Model name: *//p' | head -1 | tr 'A-Z' 'a-z' | tr -cs 'a-z0-9' '-' | sed 's/-*$//')-$(nproc)c}"
 TMP="$(mktemp -d -t tokenfleet-bench.XXXXXX)"
@@ -19,6 +21,7 @@ build_release() {
     if [[ "${BENCH_SKIP_BUILD:-0}" != "1" ]]; then
         log "cargo build --release (worker, gateway, cli)"
         cargo build --release --locked -p tokenfleet-worker -p tokenfleet-gateway -p tokenfleet >&2
+        echo "$(git rev-parse HEAD) tracked-files-modified=$(git status --porcelain --untracked-files=no | grep -c . || true)" >"$BIN/BUILT_FROM"
     fi
     for b in tokenfleet tokenfleet-worker tokenfleet-gateway; do
         [[ -x "$BIN/$b" ]] || { echo "missing $BIN/$b" >&2; exit 1; }
@@ -48,7 +51,7 @@ machine_json() {
     local commit dirty
     commit="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
     dirty="$(git status --porcelain --untracked-files=no 2>/dev/null | grep -c . || true)"
-    python3 - "$commit" "$dirty" <<'EOF'
+    python3 - "$commit" "$dirty" "$(cat "$BIN/BUILT_FROM" 2>/dev/null || echo unknown)" <<'EOF'
 import json, os, platform, subprocess, sys
 lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
 field = lambda k: next((l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith(k + ":")), None)
@@ -58,6 +61,7 @@ print(json.dumps({
     "simd": [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni") if f in flags.split()],
     "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
     "kernel": platform.release(), "commit": sys.argv[1], "tracked_files_modified": int(sys.argv[2]),
+    "binaries_built_from": sys.argv[3],
     "date_utc": subprocess.run(["date", "-u", "+%Y-%m-%dT%H:%M:%SZ"], capture_output=True, text=True).stdout.strip(),
     "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
 }))
