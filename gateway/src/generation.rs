@@ -154,7 +154,7 @@ async fn drive(
             request.set_timeout(d.saturating_duration_since(Instant::now()));
         }
         tokenfleet_proto::runtime::telemetry::inject(span, request.metadata_mut());
-        let mut client = w.client.clone();
+        let mut client = w.stream_client();
         let mut stream = match client.generate(request).await {
             Ok(s) => s.into_inner(),
             Err(s) => {
@@ -164,10 +164,11 @@ async fn drive(
                 span.in_scope(
                     || tracing::warn!(worker = %w.endpoint, code = ?s.code(), msg = s.message(), "worker refused; trying another"),
                 );
+                // Exclude the worker for this request only: its health is the watcher's call,
+                // and one refused stream (e.g. a connection being replaced) must not take a
+                // healthy worker out of rotation for everyone.
                 if s.code() == tonic::Code::ResourceExhausted {
                     saturated += 1;
-                } else {
-                    w.mark_unhealthy();
                 }
                 excluded.push(w.endpoint.clone());
                 attempt += 1;
@@ -203,7 +204,6 @@ async fn drive(
             saturated += 1;
         } else {
             span.in_scope(|| tracing::warn!(worker = %w.endpoint, code = ?broke.code(), msg = broke.message(), tokens = p.generated.len(), "worker stream broke; failing over"));
-            w.mark_unhealthy();
         }
         excluded.push(w.endpoint.clone());
         attempt += 1;

@@ -33,7 +33,12 @@ pub struct WorkerView {
 /// One worker endpoint.
 pub struct WorkerEntry {
     pub endpoint: String,
+    /// The control connection (Info, WatchLoad, GetTokenizer).
     pub client: WorkerClient<Channel>,
+    /// Connections for generation streams. HTTP/2 budgets small DATA frames per connection
+    /// (h2 answers a reader that falls behind with GOAWAY ENHANCE_YOUR_CALM), and every
+    /// token is one small frame, so streams are spread over several connections.
+    stream_clients: Vec<WorkerClient<Channel>>,
     pub view: Mutex<WorkerView>,
     /// Requests this gateway has in flight on the worker.
     pub inflight: AtomicU32,
@@ -52,11 +57,10 @@ impl WorkerEntry {
         self.view.lock().map(|v| v.healthy).unwrap_or(false)
     }
 
-    /// Marks the worker unusable until its watcher reconnects.
-    pub fn mark_unhealthy(&self) {
-        if let Ok(mut v) = self.view.lock() {
-            v.healthy = false;
-        }
+    /// A connection for one more generation stream (round robin over the pool).
+    pub fn stream_client(&self) -> WorkerClient<Channel> {
+        let i = self.routed.load(Ordering::Relaxed) as usize % self.stream_clients.len().max(1);
+        self.stream_clients.get(i).cloned().unwrap_or_else(|| self.client.clone())
     }
 }
 
@@ -66,6 +70,9 @@ pub struct ModelGroup {
     pub info: v1::InfoResponse,
     pub tokenizer: tokenizers::Tokenizer,
 }
+
+/// HTTP/2 connections per worker for generation streams.
+const STREAM_CONNECTIONS: usize = 4;
 
 /// Settings of worker connections.
 #[derive(Clone, Debug)]
@@ -114,9 +121,12 @@ impl Pool {
             ep = ep.tls_config(tls.clone())?;
         }
         let client = WorkerClient::new(ep.connect_lazy()).max_decoding_message_size(16 << 20);
+        let stream_clients =
+            (0..STREAM_CONNECTIONS).map(|_| WorkerClient::new(ep.connect_lazy()).max_decoding_message_size(16 << 20)).collect();
         let entry = Arc::new(WorkerEntry {
             endpoint: endpoint.to_string(),
             client,
+            stream_clients,
             view: Mutex::new(WorkerView::default()),
             inflight: AtomicU32::new(0),
             routed: AtomicU64::new(0),
