@@ -71,6 +71,23 @@ pub fn probe(device: usize) -> Result<String, BackendError> {
     tokenfleet_kernels::cuda_available()
         .map_err(|e| BackendError::Device(format!("{e} (libcuda.so from the NVIDIA driver, 580 or newer)")))?;
     tokenfleet_kernels::compiled().map_err(kern)?;
+    // cudarc panics when a library it needs cannot be loaded: check each one first.
+    // SAFETY: these only try to dlopen the libraries.
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        return Err(BackendError::Device(
+            "libcublas (cuBLAS 13) could not be loaded: install the CUDA 13 runtime libraries or the nvidia-cublas wheel and set LD_LIBRARY_PATH".into(),
+        ));
+    }
+    let mut version = 0i32;
+    // SAFETY: libcuda is present (checked above); the call writes one int.
+    let rc = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
+    if rc != cudarc::driver::sys::CUresult::CUDA_SUCCESS || version < 13000 {
+        return Err(BackendError::Device(format!(
+            "libcuda reports CUDA {}.{} (driver API {version}); tokenfleet needs CUDA 13.0, i.e. NVIDIA driver 580 or newer",
+            version / 1000,
+            (version % 1000) / 10
+        )));
+    }
     let n = CudaContext::device_count().map_err(dev("cuDeviceGetCount"))?;
     if device >= n.max(0) as usize {
         return Err(BackendError::Device(format!(
