@@ -23,8 +23,17 @@ use crate::model::Model;
 #[derive(Debug, Args)]
 pub struct BenchEngineArgs {
     /// Model directory.
-    #[arg(long, required_unless_present = "scheduler_only")]
+    #[arg(long, required_unless_present_any = ["scheduler_only", "preset"], conflicts_with = "preset")]
     model: Option<PathBuf>,
+    /// Instead of --model: a gen-model preset (with --random-weights).
+    #[arg(long, requires = "random_weights")]
+    preset: Option<String>,
+    /// The --preset model gets deterministic random weights (bf16, seed 0), generated once.
+    #[arg(long, requires = "preset")]
+    random_weights: bool,
+    /// Where the --preset model is kept between runs (default: under the system temp dir).
+    #[arg(long, requires = "preset")]
+    weights_dir: Option<PathBuf>,
     /// Sequences decoded together.
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -119,7 +128,12 @@ pub fn run(a: BenchEngineArgs) -> anyhow::Result<()> {
 }
 
 fn backend_steps(a: &BenchEngineArgs) -> anyhow::Result<serde_json::Value> {
-    let Some(dir) = &a.model else { bail!("--model is required") };
+    let dir = match (&a.model, &a.preset) {
+        (Some(d), _) => d.clone(),
+        (None, Some(p)) => random_model(p, a.weights_dir.as_deref())?,
+        (None, None) => bail!("give --model DIR or --preset NAME"),
+    };
+    let dir = &dir;
     if a.batch == 0 || a.prompt_len == 0 {
         bail!("--batch and --prompt-len must be at least 1");
     }
@@ -185,6 +199,20 @@ fn backend_steps(a: &BenchEngineArgs) -> anyhow::Result<serde_json::Value> {
         "backend_load_s": load_s,
         "timing": "host wall clock per step, after warm-up; each step ends by reading the sampled ids (a device sync)",
     }))
+}
+
+/// The directory of a random-weight model of `preset`, generated on first use.
+fn random_model(preset: &str, dir: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    use crate::model::DType;
+    use crate::model::gen_model::{GenModelSpec, write_random_model};
+    use crate::model::presets::Preset;
+    let Some(p) = Preset::find(preset) else { bail!("unknown preset `{preset}`") };
+    let dir = dir.map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join(format!("tokenfleet-random-{preset}")));
+    if !dir.join("config.json").exists() {
+        let spec = GenModelSpec { preset: p, layers: p.layers, seed: 0, dtype: DType::BF16, max_shard_bytes: 5 << 30 };
+        write_random_model(&spec, &dir, |_| {})?;
+    }
+    Ok(dir)
 }
 
 /// A backend of `kind` with `kv_blocks` blocks, able to run steps of `max_tokens` tokens,
