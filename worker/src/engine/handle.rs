@@ -127,7 +127,7 @@ impl EngineHandle {
     /// Aborts a request; true when the engine knew it.
     pub async fn abort(&self, id: &str) -> bool {
         let (tx, rx) = oneshot::channel();
-        if self.send_blocking_free(Command::Abort(id.to_string(), tx)).is_err() {
+        if self.send_control(Command::Abort(id.to_string(), tx)).await.is_err() {
             return false;
         }
         rx.await.unwrap_or(false)
@@ -136,7 +136,7 @@ impl EngineHandle {
     /// The current prefix cache, consistent with the event stream.
     pub async fn snapshot(&self) -> Option<CacheSnapshot> {
         let (tx, rx) = oneshot::channel();
-        self.send_blocking_free(Command::Snapshot(tx)).ok()?;
+        self.send_control(Command::Snapshot(tx)).await.ok()?;
         rx.await.ok()
     }
 
@@ -155,15 +155,15 @@ impl EngineHandle {
     }
 
     /// Control commands must not be lost when the queue is momentarily full of
-    /// submissions: retry briefly off the runtime's worker threads.
-    fn send_blocking_free(&self, cmd: Command) -> Result<(), SubmitError> {
+    /// submissions: retry for up to ~200 ms without blocking the runtime.
+    async fn send_control(&self, cmd: Command) -> Result<(), SubmitError> {
         let mut cmd = cmd;
         for _ in 0..200 {
             match self.tx.try_send(cmd) {
                 Ok(()) => return Ok(()),
                 Err(TrySendError::Full(c)) => {
                     cmd = c;
-                    std::thread::sleep(Duration::from_millis(1));
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 Err(TrySendError::Disconnected(_)) => return Err(SubmitError::Stopped),
             }
