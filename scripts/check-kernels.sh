@@ -8,7 +8,8 @@
 #      attention, embedding, norms, SiLU·mul);
 #   4. builds, lints and unit-tests tokenfleet-kernels with `--features cuda` (build.rs
 #      embeds the images and enforces the same no-spill rule; the host-side tests need no
-#      GPU). CHECK_KERNELS_SKIP_CARGO=1 skips this step.
+#      GPU), then lints the worker with `--features cuda` and runs its backend unit tests.
+#      CHECK_KERNELS_SKIP_CARGO=1 skips this step.
 # and prints a short table. Exit status ≠ 0 on any failure.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -127,4 +128,8 @@ if [[ "${CHECK_KERNELS_SKIP_CARGO:-0}" != "1" ]]; then
   cargo build -p tokenfleet-kernels --features cuda --locked
   cargo clippy -p tokenfleet-kernels --all-targets --features cuda --locked -- -D warnings
   cargo test -p tokenfleet-kernels --features cuda --locked
+  # The worker's CUDA backend (cuBLASLt, graphs, launches) compiles, lints, and its host-side
+  # unit tests pass; only a GPU can run the rest (scripts/gpu-check.sh).
+  cargo clippy -p tokenfleet-worker --all-targets --features cuda --locked -- -D warnings
+  cargo test -p tokenfleet-worker --features cuda --locked --lib backend::
 fi

@@ -5,11 +5,13 @@
 #   scripts/gpu-check.sh kernels   # nvidia-smi, D2D bandwidth, every kernel vs its CPU reference (~1 min)
 #   scripts/gpu-check.sh parity    # CUDA backend vs CPU backend and vs transformers bf16; 16 concurrent = alone (~2 min)
 #   scripts/gpu-check.sh speed     # Minitron-4B shape: bs1 decode, prefill, batched decode; transformers peer (~3 min)
-#   scripts/gpu-check.sh serving   # optional: tokenfleet bench against serve --backend cuda
+#   scripts/gpu-check.sh serving   # separate call: tokenfleet bench 1000-in/1000-out at concurrency 64 and 256 against serve --backend cuda
 #
-# The machine has no Rust and no network: the release binary built here with
-# `--features cuda` travels with the tree (TOKENFLEET_WORKER_BIN, else target-cuda/release or
-# target/release). Models are generated on the spot with gen-model.
+# The machine has no Rust and no network: the release binaries built here travel with the
+# tree: tokenfleet-worker with `--features cuda` (TOKENFLEET_WORKER_BIN, else
+# target-cuda/release or target/release) and, for `serving`, the `tokenfleet` CLI
+# (TOKENFLEET_CLI_BIN, else next to the worker or target/release). Models are generated on
+# the spot with gen-model.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/gpu-results}"
@@ -69,15 +71,44 @@ tier_speed() {
   log "speed"
   MINI="$(gen minitron-4b minitron-4b)" || { status=1; return; }
   [[ -f "$OUT/bandwidth.json" ]] || "$BIN" gpu-selftest bandwidth --out "$OUT/bandwidth.json" >/dev/null
-  # Most important first: a run cut short by its time limit keeps what it finished.
-  bench bs1-ctx512 --batch 1 --prompt-len 512 --gen-len 64 --repeats 3
+  # Most important first: a run cut short by its time limit keeps what it finished. Decode
+  # runs with CUDA graphs, and bs1 also without them (the graphs' own gain, same run).
+  local G=(--cuda-graphs true)
+  bench bs1-ctx512 --batch 1 --prompt-len 512 --gen-len 64 --repeats 3 "${G[@]}"
+  bench bs1-ctx512-eager --batch 1 --prompt-len 512 --gen-len 64 --repeats 3
   bench prefill2048 --batch 1 --prompt-len 2048 --gen-len 4 --repeats 3
   python3 "$ROOT/scripts/gpu/hf_peer.py" "$MINI" "$OUT/speed-transformers-bs1.json" --prompt-len 512 --new 64 || status=1
-  for b in 32 64 8; do bench "bs$b-ctx512" --batch "$b" --prompt-len 512 --gen-len 32 --repeats 1; done
-  bench bs1-ctx4096 --batch 1 --prompt-len 4096 --gen-len 64 --repeats 2
+  for b in 32 64 8; do bench "bs$b-ctx512" --batch "$b" --prompt-len 512 --gen-len 32 --repeats 1 "${G[@]}"; done
+  bench bs1-ctx4096 --batch 1 --prompt-len 4096 --gen-len 64 --repeats 2 "${G[@]}"
   bench prefill512 --batch 1 --prompt-len 512 --gen-len 4 --repeats 3
   bench prefill8192 --batch 1 --prompt-len 8192 --gen-len 4 --repeats 2
-  bench bs128-ctx512 --batch 128 --prompt-len 512 --gen-len 32 --repeats 1
+  bench bs128-ctx512 --batch 128 --prompt-len 512 --gen-len 32 --repeats 1 "${G[@]}"
+  for b in 8 32 64; do bench "bs$b-ctx2048" --batch "$b" --prompt-len 2048 --gen-len 32 --repeats 1 "${G[@]}"; done
+}
+
+# `serving`: the worker as users run it, driven by `tokenfleet bench` (vLLM's definitions),
+# 1000-in/1000-out at concurrency 64 and 256.
+SERVE_FRACTION="${SERVE_FRACTION:-0.95}"
+tier_serving() {
+  log "serving (--gpu-memory-fraction $SERVE_FRACTION)"
+  local cli="${TOKENFLEET_CLI_BIN:-}"
+  if [[ -z "$cli" ]]; then
+    for c in "$(dirname "$BIN")/tokenfleet" "$ROOT/target/release/tokenfleet"; do [[ -x "$c" ]] && { cli="$c"; break; }; done
+  fi
+  [[ -x "$cli" ]] || { echo "gpu-check: no tokenfleet CLI binary (set TOKENFLEET_CLI_BIN)" >&2; status=1; return; }
+  MINI="$(gen minitron-4b minitron-4b)" || { status=1; return; }
+  local port=50961 log="$OUT/serving-worker.log"
+  "$BIN" serve --backend cuda --model "$MINI" --listen "127.0.0.1:$port" --gpu-memory-fraction "$SERVE_FRACTION" \
+    --max-running 256 --max-batch-tokens 8192 --max-waiting 1024 --max-model-len 2048 --cuda-graphs true >"$log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 240); do grep -q SERVING "$log" && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  grep -q SERVING "$log" || { echo "gpu-check: the worker did not reach SERVING" >&2; tail -20 "$log" >&2; kill "$pid" 2>/dev/null; status=1; return; }
+  for c in 64 256; do
+    "$cli" bench --target worker --addr "http://127.0.0.1:$port" --concurrency "$c" --num-prompts "$((c * 2 > 256 ? 256 : c * 2))" \
+      --input-len 1000 --output-len 1000 --ignore-eos --warmup 4 --json "$OUT/serving-c$c.json" || status=1
+  done
+  kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+  grep -E "kv_blocks|CUDA backend ready" "$log" | head -3
 }
 
 # `peer`: only the transformers bs1 peer and the largest batch (a short rerun).
@@ -96,8 +127,9 @@ for t in "$@"; do
     parity) tier_parity ;;
     speed) tier_speed ;;
     peer) tier_peer ;;
+    serving) tier_serving ;;
     all) tier_kernels; tier_parity; tier_speed ;;
-    *) echo "gpu-check: unknown tier $t (kernels, parity, speed)" >&2; exit 2 ;;
+    *) echo "gpu-check: unknown tier $t (kernels, parity, speed, peer, serving)" >&2; exit 2 ;;
   esac
 done
 log "done (status $status); results in $OUT"

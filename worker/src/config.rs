@@ -46,6 +46,8 @@ pub struct WorkerConfig {
     pub backend: BackendKind,
     pub device: usize,
     pub gpu_memory_fraction: f64,
+    /// CUDA: replay decode steps from captured CUDA graphs.
+    pub cuda_graphs: bool,
     pub kv_blocks: Option<usize>,
     pub kv_cache_mib: usize,
     pub max_model_len: Option<usize>,
@@ -71,6 +73,7 @@ impl Default for WorkerConfig {
             backend: BackendKind::Auto,
             device: 0,
             gpu_memory_fraction: 0.9,
+            cuda_graphs: false,
             kv_blocks: None,
             kv_cache_mib: 1024,
             max_model_len: None,
@@ -123,6 +126,11 @@ pub struct ServeFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu_memory_fraction: Option<f64>,
+    /// CUDA: replay decode steps from captured CUDA graphs (true|false) [default false until
+    /// a GPU run has proven them equal to eager launches].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cuda_graphs: Option<bool>,
     /// KV cache blocks of 16 tokens (overrides the memory-based sizing).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

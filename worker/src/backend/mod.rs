@@ -8,6 +8,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod cuda_graph_plan;
 pub mod cuda_plan;
 pub mod synthetic;
 
@@ -121,4 +122,9 @@ pub trait Backend: Send {
     /// Runs one step: writes every token's K/V at its slot, then samples one token per
     /// entry of `batch.samples`, in order.
     fn execute(&mut self, batch: &StepBatch) -> Result<Vec<Sampled>, BackendError>;
+    /// Counters of the backend's own machinery (CUDA: GEMM plans, graph captures and
+    /// replays), for benchmarks and logs.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }

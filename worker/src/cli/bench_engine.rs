@@ -52,6 +52,9 @@ pub struct BenchEngineArgs {
     /// CUDA device ordinal.
     #[arg(long, default_value_t = 0)]
     device: usize,
+    /// CUDA: replay decode steps from captured CUDA graphs.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    cuda_graphs: bool,
     /// Measure only the scheduler with a no-op backend and this many running sequences.
     #[arg(long)]
     scheduler_only: Option<usize>,
@@ -141,8 +144,16 @@ fn backend_steps(a: &BenchEngineArgs) -> anyhow::Result<serde_json::Value> {
     let vocab = model.config.vocab_size;
     let blocks_per_seq = (a.prompt_len + a.gen_len + 3).div_ceil(BLOCK_SIZE);
     let t_load = Instant::now();
-    let mut backend =
-        make_backend(&a.backend, a.device, &model, a.batch * blocks_per_seq, a.batch * a.prompt_len, a.batch, blocks_per_seq * BLOCK_SIZE)?;
+    let mut backend = make_backend(
+        &a.backend,
+        a.device,
+        a.cuda_graphs,
+        &model,
+        a.batch * blocks_per_seq,
+        a.batch * a.prompt_len,
+        a.batch,
+        blocks_per_seq * BLOCK_SIZE,
+    )?;
     let load_s = t_load.elapsed().as_secs_f64();
 
     // A prefill of the whole batch, split into steps of at most PREFILL_STEP_TOKENS tokens
@@ -188,9 +199,12 @@ fn backend_steps(a: &BenchEngineArgs) -> anyhow::Result<serde_json::Value> {
     let prefill_ms = median(prefill);
     let decode_ms = median(decode);
     let info = backend.info();
+    let counters: serde_json::Map<String, serde_json::Value> =
+        backend.counters().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
     Ok(json!({
+        "backend_counters": counters,
         "backend": info.name, "device": info.device, "dtype": info.dtype, "model": model.id,
-        "batch": a.batch, "prompt_len": a.prompt_len, "gen_len": a.gen_len,
+        "batch": a.batch, "prompt_len": a.prompt_len, "gen_len": a.gen_len, "cuda_graphs": a.cuda_graphs && info.name == "cuda",
         "prefill_ms": prefill_ms,
         "prefill_tokens_per_s": (a.batch * a.prompt_len) as f64 / (prefill_ms / 1e3),
         "decode_step_ms": decode_ms,
@@ -217,9 +231,11 @@ fn random_model(preset: &str, dir: Option<&std::path::Path>) -> anyhow::Result<P
 
 /// A backend of `kind` with `kv_blocks` blocks, able to run steps of `max_tokens` tokens,
 /// `max_seqs` sequences and `max_context` positions.
+#[allow(clippy::too_many_arguments)]
 pub fn make_backend(
     kind: &str,
     device: usize,
+    cuda_graphs: bool,
     model: &Model,
     kv_blocks: usize,
     max_tokens: usize,
@@ -228,7 +244,13 @@ pub fn make_backend(
 ) -> anyhow::Result<Box<dyn Backend>> {
     match kind {
         "cpu" => Ok(Box::new(CpuBackend::new(model, kv_blocks))),
-        "cuda" => cuda_backend(device, model, kv_blocks, crate::backend::cuda_plan::StepCapacity { max_tokens, max_seqs, max_context }),
+        "cuda" => cuda_backend(
+            device,
+            cuda_graphs,
+            model,
+            kv_blocks,
+            crate::backend::cuda_plan::StepCapacity { max_tokens, max_seqs, max_context },
+        ),
         other => bail!("unknown backend `{other}` (cpu or cuda)"),
     }
 }
@@ -236,18 +258,20 @@ pub fn make_backend(
 #[cfg(feature = "cuda")]
 fn cuda_backend(
     device: usize,
+    cuda_graphs: bool,
     model: &Model,
     kv_blocks: usize,
     capacity: crate::backend::cuda_plan::StepCapacity,
 ) -> anyhow::Result<Box<dyn Backend>> {
     use crate::backend::cuda::{CudaBackend, CudaConfig};
-    let cfg = CudaConfig { device, gpu_memory_fraction: 0.9, kv_blocks: Some(kv_blocks), capacity };
+    let cfg = CudaConfig { device, gpu_memory_fraction: 0.9, kv_blocks: Some(kv_blocks), capacity, tune_gemms: true, cuda_graphs };
     Ok(Box::new(CudaBackend::new(model, &cfg, &mut |_| {}).map_err(|e| anyhow::anyhow!("CUDA backend: {e}"))?))
 }
 
 #[cfg(not(feature = "cuda"))]
 fn cuda_backend(
     _device: usize,
+    _cuda_graphs: bool,
     _model: &Model,
     _kv_blocks: usize,
     _capacity: crate::backend::cuda_plan::StepCapacity,

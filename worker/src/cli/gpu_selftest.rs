@@ -228,20 +228,33 @@ fn parity(device: usize, models: &[PathBuf], steps: u32) -> anyhow::Result<(serd
         let mut cpu = core_for(&model, Box::new(CpuBackend::new(&model, blocks)), 8);
         let cap = StepCapacity { max_tokens: 4096, max_seqs: 64, max_context: 640 };
         let t = Instant::now();
-        let cuda =
-            CudaBackend::new(&model, &CudaConfig { device, gpu_memory_fraction: 0.9, kv_blocks: Some(blocks), capacity: cap }, &mut |_| {})
-                .map_err(|e| anyhow::anyhow!("CUDA backend: {e}"))?;
+        let cuda_cfg = |cuda_graphs| CudaConfig {
+            device,
+            gpu_memory_fraction: 0.9,
+            kv_blocks: Some(blocks),
+            capacity: cap,
+            tune_gemms: true,
+            cuda_graphs,
+        };
+        let cuda = CudaBackend::new(&model, &cuda_cfg(false), &mut |_| {}).map_err(|e| anyhow::anyhow!("CUDA backend: {e}"))?;
         let load_s = t.elapsed().as_secs_f64();
         let mut gpu = core_for(&model, Box::new(cuda), 64);
+        // The same backend replaying decode steps from CUDA graphs (padded batches, bucketed
+        // split-KV plans): it must give what the eager launches give.
+        let graphed = CudaBackend::new(&model, &cuda_cfg(true), &mut |_| {}).map_err(|e| anyhow::anyhow!("CUDA backend (graphs): {e}"))?;
+        let mut gpu_graphs = core_for(&model, Box::new(graphed), 64);
         let mut cases = Vec::new();
         let mut cuda_outputs = Vec::new();
         for r in &reqs {
             let c = run_requests(&mut cpu, &model, std::slice::from_ref(r))?;
             let g = run_requests(&mut gpu, &model, std::slice::from_ref(r))?;
-            let (c, g) = (&c[&r.request_id], &g[&r.request_id]);
+            let gg = run_requests(&mut gpu_graphs, &model, std::slice::from_ref(r))?;
+            let (c, g, gg) = (&c[&r.request_id], &g[&r.request_id], &gg[&r.request_id]);
             let cmp = compare(c, g, 0.02, 2e-2);
-            ok &= cmp["failure"].is_null();
-            cases.push(json!({"prompt_len": r.prompt_ids.len(), "vs_cpu": cmp}));
+            let graphs_vs_eager = compare(g, gg, 0.02, 2e-2);
+            let graphs_vs_cpu = compare(c, gg, 0.02, 2e-2);
+            ok &= cmp["failure"].is_null() && graphs_vs_eager["failure"].is_null();
+            cases.push(json!({"prompt_len": r.prompt_ids.len(), "vs_cpu": cmp, "graphs_vs_eager": graphs_vs_eager, "graphs_vs_cpu": graphs_vs_cpu}));
             cuda_outputs.push(json!({
                 "prompt_ids": r.prompt_ids,
                 "token_ids": g.iter().map(|s| s.token).collect::<Vec<_>>(),
@@ -252,17 +265,22 @@ fn parity(device: usize, models: &[PathBuf], steps: u32) -> anyhow::Result<(serd
         let long = &ps[ps.len() - 1];
         let batch: Vec<_> = (0..16usize).map(|i| greedy(format!("b{i}"), long[7 * i..7 * i + 8 + i].to_vec(), steps, None)).collect();
         let together = run_requests(&mut gpu, &model, &batch)?;
+        let together_graphs = run_requests(&mut gpu_graphs, &model, &batch)?;
         let mut batch_cases = Vec::new();
+        let mut batch_graph_cases = Vec::new();
         for r in &batch {
             let alone = run_requests(&mut gpu, &model, std::slice::from_ref(r))?;
             let cmp = compare(&alone[&r.request_id], &together[&r.request_id], 0.02, 2e-2);
-            ok &= cmp["failure"].is_null();
+            let cmp_graphs = compare(&alone[&r.request_id], &together_graphs[&r.request_id], 0.02, 2e-2);
+            ok &= cmp["failure"].is_null() && cmp_graphs["failure"].is_null();
             batch_cases.push(cmp);
+            batch_graph_cases.push(cmp_graphs);
         }
         out.push(json!({
             "model": dir.display().to_string(), "config": {"hidden": model.config.hidden_size, "layers": model.config.num_layers,
             "head_dim": model.config.head_dim, "tied": model.config.tie_word_embeddings}, "cuda_load_s": load_s,
-            "cuda_vs_cpu": cases, "batch16_vs_alone": batch_cases, "cuda_outputs": cuda_outputs,
+            "cuda_vs_cpu": cases, "batch16_vs_alone": batch_cases, "batch16_graphs_vs_alone_eager": batch_graph_cases,
+            "cuda_outputs": cuda_outputs,
         }));
     }
     Ok((json!({"tier": "parity", "models": out, "passed": ok}), ok))

@@ -69,6 +69,8 @@ fn build_cuda(a: &WorkerConfig, model: &Model) -> anyhow::Result<(Box<dyn Backen
         gpu_memory_fraction: a.gpu_memory_fraction,
         kv_blocks: a.kv_blocks,
         capacity: StepCapacity { max_tokens: a.max_batch_tokens.max(1), max_seqs: a.max_running.max(1), max_context },
+        tune_gemms: true,
+        cuda_graphs: a.cuda_graphs,
     };
     let pb = super::progress_bar(crate::backend::cuda_plan::weight_bytes(&model.config) as u64, "loading weights to the GPU");
     let backend = CudaBackend::new(model, &cfg, &mut |n| pb.inc(n)).map_err(|e| anyhow::anyhow!("CUDA backend: {e}"))?;

@@ -38,7 +38,20 @@ pub struct StepBuffers {
     pub out_top_lp: CudaSlice<f32>,
     pub ws_acc: CudaSlice<f32>,
     pub ws_ml: CudaSlice<f32>,
+    /// The sampler's per-row parameters and sparse penalty / suppression lists. Fixed
+    /// device addresses, so a captured graph reads each step's values; the id lists grow
+    /// (and captured graphs are dropped) when a step needs more.
+    pub params: CudaSlice<SampleParams>,
+    pub pen_offsets: CudaSlice<i32>,
+    pub pen_ids: CudaSlice<i32>,
+    pub pen_counts: CudaSlice<i32>,
+    pub sup_offsets: CudaSlice<i32>,
+    pub sup_ids: CudaSlice<i32>,
 }
+
+/// Initial entries of the sparse sampler lists per row (distinct context tokens with a
+/// penalty, suppressed ids).
+const SPARSE_PER_ROW: usize = 256;
 
 impl StepBuffers {
     pub fn new(s: &Arc<CudaStream>, c: &ModelConfig, cap: &StepCapacity) -> Result<Self, BackendError> {
@@ -69,18 +82,51 @@ impl StepBuffers {
             out_top_lp: s.alloc_zeros(n * TOP_LOGPROBS_STRIDE).map_err(&a)?,
             ws_acc: s.alloc_zeros(1).map_err(&a)?,
             ws_ml: s.alloc_zeros(1).map_err(&a)?,
+            params: s.clone_htod(&vec![SampleParams::default(); n]).map_err(&a)?,
+            pen_offsets: s.alloc_zeros(n + 1).map_err(&a)?,
+            pen_ids: s.alloc_zeros(n * SPARSE_PER_ROW).map_err(&a)?,
+            pen_counts: s.alloc_zeros(n * SPARSE_PER_ROW).map_err(&a)?,
+            sup_offsets: s.alloc_zeros(n + 1).map_err(&a)?,
+            sup_ids: s.alloc_zeros(n * SPARSE_PER_ROW).map_err(&a)?,
         })
     }
 
-    /// Grows the split-KV decode workspace when a longer context needs more splits.
-    pub fn ensure_workspace(&mut self, s: &Arc<CudaStream>, acc: usize, ml: usize) -> Result<(), BackendError> {
+    /// Grows the split-KV decode workspace when a longer context needs more splits; `true`
+    /// when a buffer moved (captured graphs then point at freed memory).
+    pub fn ensure_workspace(&mut self, s: &Arc<CudaStream>, acc: usize, ml: usize) -> Result<bool, BackendError> {
+        let mut moved = false;
         if self.ws_acc.len() < acc {
             self.ws_acc = s.alloc_zeros(acc).map_err(dev("decode workspace"))?;
+            moved = true;
         }
         if self.ws_ml.len() < ml {
             self.ws_ml = s.alloc_zeros(ml).map_err(dev("decode workspace"))?;
+            moved = true;
         }
-        Ok(())
+        Ok(moved)
+    }
+
+    /// Copies the sampler's inputs to the device; `true` when a sparse list had to grow
+    /// (its buffer moved).
+    pub fn upload_sampling(&mut self, s: &Arc<CudaStream>, i: &StepInputs) -> Result<bool, BackendError> {
+        let u = dev("uploading sampling parameters");
+        let rows = i.params.len();
+        let mut moved = false;
+        for (buf, need) in
+            [(&mut self.pen_ids, i.pen_ids.len()), (&mut self.pen_counts, i.pen_counts.len()), (&mut self.sup_ids, i.sup_ids.len())]
+        {
+            if buf.len() < need {
+                *buf = s.alloc_zeros(need.next_power_of_two()).map_err(dev("growing the sampler lists"))?;
+                moved = true;
+            }
+        }
+        s.memcpy_htod(&i.params, &mut self.params.slice_mut(..rows)).map_err(&u)?;
+        s.memcpy_htod(&i.pen_offsets, &mut self.pen_offsets.slice_mut(..rows + 1)).map_err(&u)?;
+        s.memcpy_htod(&i.pen_ids, &mut self.pen_ids.slice_mut(..i.pen_ids.len())).map_err(&u)?;
+        s.memcpy_htod(&i.pen_counts, &mut self.pen_counts.slice_mut(..i.pen_counts.len())).map_err(&u)?;
+        s.memcpy_htod(&i.sup_offsets, &mut self.sup_offsets.slice_mut(..rows + 1)).map_err(&u)?;
+        s.memcpy_htod(&i.sup_ids, &mut self.sup_ids.slice_mut(..i.sup_ids.len())).map_err(&u)?;
+        Ok(moved)
     }
 
     /// Copies a step's inputs to the device.
@@ -126,9 +172,10 @@ fn i32_of(v: usize, what: &str) -> Result<i32, BackendError> {
 }
 
 impl StepInputs {
-    /// Packs `b`, refusing a step larger than the buffers (an engine bug: the scheduler's
-    /// budget and the backend's capacity come from the same configuration).
-    pub fn build(b: &StepBatch, cap: &StepCapacity) -> Result<Self, BackendError> {
+    /// Packs `b` with block tables at least `min_width` wide, refusing a step larger than
+    /// the buffers (an engine bug: the scheduler's budget and the backend's capacity come
+    /// from the same configuration).
+    pub fn build(b: &StepBatch, cap: &StepCapacity, min_width: usize) -> Result<Self, BackendError> {
         let t = b.num_tokens();
         let n = b.seqs.len();
         if t == 0 || n == 0 {
@@ -137,7 +184,7 @@ impl StepInputs {
         if t > cap.max_tokens || n > cap.max_seqs || b.samples.len() > cap.max_seqs {
             return Err(BackendError::InvalidBatch(format!("step of {t} tokens / {n} sequences exceeds the capacity {cap:?}")));
         }
-        let width = b.seqs.iter().map(|s| s.block_table.len()).max().unwrap_or(1).max(1);
+        let width = b.seqs.iter().map(|s| s.block_table.len()).max().unwrap_or(1).max(min_width).max(1);
         if width > cap.max_blocks_per_seq() {
             return Err(BackendError::InvalidBatch(format!("a block table of {width} blocks exceeds the capacity {cap:?}")));
         }
