@@ -3,7 +3,10 @@
 // suppression, temperature (0 ⇒ argmax, ties to the lowest id), top-k, top-p, min-p, then
 // the Philox4x32-10 keyed exponential race. Only ids and logprobs leave the device.
 //
-// One block of 512 threads per row. Orderings use a 32-bit key that is monotone in the
+// The raw statistics every row needs (max, Σ exp, argmax) come from tf_sample_stats, which
+// splits each row over many blocks (a single block per row streams the 128k–256k logits at
+// a few GB/s: latency-bound); tf_sample merges its per-chunk partials, so a greedy row never
+// reads its logits again. The rest runs in one block of 512 threads per row. Orderings use a 32-bit key that is monotone in the
 // float value with NaN lowest and −0 = +0, so "rank before" = (key desc, id asc) as in the
 // CPU's `ranks_before`. Every "k best" / "smallest prefix with mass ≥ p" set is found by a
 // 4-pass radix select over the keys (count or f64-mass histograms) and then the id cutoff
@@ -21,6 +24,12 @@ namespace {
 
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
+// tf_sample_stats: 256 threads × 16 logits per block (must match SAMPLE_STATS_CHUNK in
+// kernels/src/shapes.rs).
+constexpr int kStatThreads = 256;
+constexpr int kStatPer = 16;
+constexpr int kStatChunk = kStatThreads * kStatPer;
+static_assert(kStatChunk == 4096, "SAMPLE_STATS_CHUNK");
 constexpr int kMaxTop = 20;  // top logprobs per row (the API's limit)
 // Relative width of the band of f32 race scores re-scored exactly in f64: orders of
 // magnitude above the f32 scores' error (≈ 1e-6 relative) and still only a few ids wide.
@@ -388,7 +397,84 @@ TF_DEV int draw(const float* w, int vocab, const SampleParams& p, Shared& sh) {
   return bi == INT_MAX ? 0 : bi;  // empty candidate set (min_p > 1): the CPU returns 0
 }
 
+// Argmax key of logit `v` at id `i`: larger is better, ties to the lower id.
+TF_DEV unsigned long long arg_key(float v, int i) {
+  return ((unsigned long long)order_key(v) << 32) | (0xffffffffu - (unsigned)i);
+}
+
 }  // namespace
+
+// grid = (⌈vocab / 4096⌉, rows), block = 256. Per (row, chunk of 4096 ids): the max over
+// non-NaN logits (−inf when none), Σ exp(v − that max) over non-NaN v (f32 subtraction and
+// accurate expf per term, f64 sum, in a fixed order), and the best argmax key (NaN ranks
+// last, ties to the lower id). Each thread keeps its 16 loads in flight at once.
+extern "C" __global__ void __launch_bounds__(kStatThreads)
+tf_sample_stats(const float* __restrict__ logits, long long logits_stride, int vocab, float* __restrict__ part_max,
+                double* __restrict__ part_sum, unsigned long long* __restrict__ part_arg) {
+  __shared__ float red_f[kStatThreads / 32];
+  __shared__ double red_d[kStatThreads / 32];
+  __shared__ unsigned long long red_u[kStatThreads / 32];
+  const int row = blockIdx.y, chunk = blockIdx.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const float* raw = logits + (size_t)row * logits_stride;
+  const int base = chunk * kStatChunk + threadIdx.x;
+  float v[kStatPer];
+#pragma unroll
+  for (int j = 0; j < kStatPer; ++j) {
+    const int i = base + j * kStatThreads;
+    v[j] = i < vocab ? raw[i] : 0.f;
+  }
+  float m = -INFINITY;
+  unsigned long long best = 0;
+#pragma unroll
+  for (int j = 0; j < kStatPer; ++j) {
+    const int i = base + j * kStatThreads;
+    if (i < vocab) {
+      m = fmaxf(m, v[j]);  // fmaxf skips NaN
+      const unsigned long long c = arg_key(v[j], i);
+      best = c > best ? c : best;
+    }
+  }
+  m = tf::warp_max(m);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const unsigned long long t = __shfl_xor_sync(0xffffffffu, best, o);
+    best = t > best ? t : best;
+  }
+  if (lane == 0) {
+    red_f[warp] = m;
+    red_u[warp] = best;
+  }
+  __syncthreads();
+  m = -INFINITY;
+  best = 0;
+#pragma unroll
+  for (int w = 0; w < kStatThreads / 32; ++w) {
+    m = fmaxf(m, red_f[w]);
+    best = red_u[w] > best ? red_u[w] : best;
+  }
+  double s = 0.0;
+  if (m != -INFINITY) {
+#pragma unroll
+    for (int j = 0; j < kStatPer; ++j) {
+      const int i = base + j * kStatThreads;
+      if (i < vocab && v[j] == v[j]) s += (double)expf(__fsub_rn(v[j], m));
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (lane == 0) red_d[warp] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+#pragma unroll
+    for (int w = 0; w < kStatThreads / 32; ++w) total += red_d[w];
+    const size_t at = (size_t)row * gridDim.x + chunk;
+    part_max[at] = m;
+    part_sum[at] = total;
+    part_arg[at] = best;
+  }
+}
 
 // grid = rows, block = 512. logits [rows, logits_stride] f32 (first `vocab` columns used);
 // params [rows]; penalties CSR: pen_offsets [rows + 1], pen_ids / pen_counts [pen_nnz] (ids
@@ -401,28 +487,38 @@ extern "C" __global__ void __launch_bounds__(kThreads)
 tf_sample(const float* __restrict__ logits, long long logits_stride, int vocab, const SampleParams* __restrict__ params,
           const int* __restrict__ pen_offsets, const int* __restrict__ pen_ids, const int* __restrict__ pen_counts,
           int pen_nnz, const int* __restrict__ sup_offsets, const int* __restrict__ sup_ids, int sup_nnz, float* scratch, int* __restrict__ out_token,
-          float* __restrict__ out_logprob, int* __restrict__ out_top_ids, float* __restrict__ out_top_logprobs) {
+          float* __restrict__ out_logprob, int* __restrict__ out_top_ids, float* __restrict__ out_top_logprobs,
+          const float* __restrict__ part_max, const double* __restrict__ part_sum, const unsigned long long* __restrict__ part_arg,
+          int chunks) {
   __shared__ Shared sh;
   const int row = blockIdx.x;
   const float* raw = logits + (size_t)row * logits_stride;
   float* w = scratch + (size_t)row * vocab;
   const SampleParams p = params[row];
 
-  // 1. Raw statistics: lse = m + ln Σ exp(v − m) over non-NaN v (f32 subtraction and
-  //    accurate f32 exp per term, f64 sum; the CPU takes each exp in f64 — the difference,
-  //    ≈ 1e-7 relative in the sum, stays far below the f32 rounding of lse in most rows).
+  // 1. Raw statistics from tf_sample_stats' partials: lse = m + ln Σ_c s_c·exp(m_c − m) over
+  //    the chunks (each s_c = Σ exp(v − m_c), f32 terms, f64 sums; the CPU takes each exp
+  //    in f64 against the global max — the difference, ≈ 1e-7 relative in the sum, stays
+  //    far below the f32 rounding of lse in most rows). Every thread merges the same few
+  //    dozen partials in the same order, so all agree without a barrier.
+  const float* pm = part_max + (size_t)row * chunks;
+  const double* ps = part_sum + (size_t)row * chunks;
+  const unsigned long long* pa = part_arg + (size_t)row * chunks;
   float m = -INFINITY;
-  for (int i = threadIdx.x; i < vocab; i += kThreads) m = fmaxf(m, raw[i]);
-  m = block_max_f(m, sh);
+  unsigned long long arg_best = 0;
+  for (int c = 0; c < chunks; ++c) {
+    m = fmaxf(m, pm[c]);
+    arg_best = pa[c] > arg_best ? pa[c] : arg_best;
+  }
   double s = 0.0;
   if (m != -INFINITY) {
-    for (int i = threadIdx.x; i < vocab; i += kThreads) {
-      const float v = raw[i];
-      if (v == v) s += (double)expf(__fsub_rn(v, m));
+    for (int c = 0; c < chunks; ++c) {
+      if (pm[c] != -INFINITY) s += ps[c] * exp((double)__fsub_rn(pm[c], m));
     }
   }
-  s = block_sum_d(s, sh);
   const float lse = m == -INFINITY ? -INFINITY : (float)((double)m + log(s));
+  // The raw argmax (what a greedy row without penalties draws), as block_argmax finds it.
+  const int raw_argmax = (int)(0xffffffffu - (unsigned)(arg_best & 0xffffffffu));
 
   // 2. Top-n raw logprobs.
   const int n_top = (int)min(min(p.top_logprobs, (unsigned)kMaxTop), (unsigned)vocab);
@@ -475,7 +571,7 @@ tf_sample(const float* __restrict__ logits, long long logits_stride, int vocab, 
   const float temp = p.temperature;
   int token;
   if (temp == 0.f && pen1 <= pen0 && sup1 <= sup0) {
-    token = block_argmax(raw, vocab, sh);
+    token = chunks > 0 ? raw_argmax : 0;
   } else {
     const bool scale = temp != 0.f;
     for (int i = threadIdx.x; i < vocab; i += kThreads) w[i] = scale ? __fdiv_rn(raw[i], temp) : raw[i];

@@ -33,6 +33,7 @@ pub(crate) struct Functions {
     pub decode: [[CudaFunction; 5]; 2],
     pub decode_merge: [CudaFunction; 2],
     pub sample: CudaFunction,
+    pub sample_stats: CudaFunction,
 }
 
 /// The kernels loaded on one device (context), with one checked launcher per op (see the
@@ -120,6 +121,7 @@ impl Kernels {
             decode: [decode_row(64)?, decode_row(128)?],
             decode_merge: [get("attention_decode", "tf_attn_decode_merge_hd64")?, get("attention_decode", "tf_attn_decode_merge_hd128")?],
             sample: get("sampling", "tf_sample")?,
+            sample_stats: get("sampling", "tf_sample_stats")?,
         };
         Ok(Kernels { ctx: ctx.clone(), f, image, compute_capability: (major, minor), num_sms: num_sms.max(1) as usize, _modules: modules })
     }

@@ -363,6 +363,9 @@ impl DecodeDims {
     }
 }
 
+/// Logit ids per block of `tf_sample_stats` (the split of each row's raw statistics).
+pub const SAMPLE_STATS_CHUNK: usize = 4096;
+
 /// Logits processing + sampling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SampleDims {
@@ -387,9 +390,21 @@ pub struct SampleLens {
     pub out_logprob: usize,
     pub out_top_ids: usize,
     pub out_top_logprobs: usize,
+    /// The shortest of the three partial-statistics buffers.
+    pub partials: usize,
 }
 
 impl SampleDims {
+    /// Chunks of [`SAMPLE_STATS_CHUNK`] ids per row.
+    pub fn stat_chunks(&self) -> usize {
+        self.vocab.div_ceil(SAMPLE_STATS_CHUNK).max(1)
+    }
+
+    /// Elements each partial-statistics buffer needs.
+    pub fn partials_len(&self) -> usize {
+        self.rows * self.stat_chunks()
+    }
+
     pub fn check(&self, l: SampleLens) -> Result<(), KernelError> {
         const OP: &str = "sample";
         ensure(OP, self.rows > 0 && self.rows <= I32_MAX, || "rows out of range".into())?;
@@ -405,7 +420,9 @@ impl SampleDims {
         len_at_least(OP, "out_token", l.out_token, Some(self.rows))?;
         len_at_least(OP, "out_logprob", l.out_logprob, Some(self.rows))?;
         len_at_least(OP, "out_top_ids", l.out_top_ids, mul(self.rows, MAX_TOP_LOGPROBS))?;
-        len_at_least(OP, "out_top_logprobs", l.out_top_logprobs, mul(self.rows, MAX_TOP_LOGPROBS))
+        len_at_least(OP, "out_top_logprobs", l.out_top_logprobs, mul(self.rows, MAX_TOP_LOGPROBS))?;
+        ensure(OP, self.stat_chunks() <= GRID_YZ_MAX, || "vocabulary too large".into())?;
+        len_at_least(OP, "partials", l.partials, mul(self.rows, self.stat_chunks()))
     }
 }
 

@@ -129,8 +129,13 @@ fn sample_lengths() {
         out_logprob: 2,
         out_top_ids: 40,
         out_top_logprobs: 40,
+        partials: 2,
     };
     assert!(d.check(l).is_ok());
+    assert!(is_arg_err(d.check(SampleLens { partials: 1, ..l }), "partials"));
+    // 128256 ids: 32 chunks of 4096 per row (the last one partial).
+    let big = SampleDims { rows: 3, vocab: 128_256, logits_stride: 128_256 };
+    assert_eq!((big.stat_chunks(), big.partials_len()), (32, 96));
     assert!(is_arg_err(d.check(SampleLens { logits: 227, ..l }), "logits"));
     assert!(is_arg_err(d.check(SampleLens { pen_counts: 4, ..l }), "pen_counts"));
     assert!(is_arg_err(d.check(SampleLens { out_top_ids: 39, ..l }), "out_top_ids"));

@@ -19,4 +19,4 @@ pub use attention::{DecodeArgs, PagedKv, PrefillArgs};
 pub use embedding::EmbeddingArgs;
 pub use norm::{AddRmsNormArgs, RmsNormArgs};
 pub use rope::RopeKvArgs;
-pub use sampling::{SampleArgs, SampleOutputs, SampleParams, SparseRows};
+pub use sampling::{SampleArgs, SampleOutputs, SampleParams, SamplePartials, SparseRows};

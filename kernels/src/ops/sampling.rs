@@ -80,6 +80,16 @@ pub struct SampleOutputs<'a> {
 }
 
 /// One launch samples every row of `logits`.
+/// Per-(row, chunk of [`crate::shapes::SAMPLE_STATS_CHUNK`] ids) partial statistics that
+/// `tf_sample_stats` writes and `tf_sample` merges: each at least
+/// `rows × SampleDims::stat_chunks()` long.
+#[derive(Debug)]
+pub struct SamplePartials<'a> {
+    pub max: CudaViewMut<'a, f32>,
+    pub sum: CudaViewMut<'a, f64>,
+    pub arg: CudaViewMut<'a, u64>,
+}
+
 #[derive(Debug)]
 pub struct SampleArgs<'a> {
     pub dims: SampleDims,
@@ -94,6 +104,7 @@ pub struct SampleArgs<'a> {
     pub suppress: SparseRows<'a>,
     /// `[rows, vocab]` f32 workspace for the processed logits.
     pub scratch: CudaViewMut<'a, f32>,
+    pub partials: SamplePartials<'a>,
     pub out: SampleOutputs<'a>,
 }
 
@@ -116,22 +127,34 @@ impl Kernels {
             out_logprob: a.out.logprob.len(),
             out_top_ids: a.out.top_ids.len(),
             out_top_logprobs: a.out.top_logprobs.len(),
+            partials: a.partials.max.len().min(a.partials.sum.len()).min(a.partials.arg.len()),
         })?;
         let stride = d.logits_stride as i64;
         let vocab = to_i32(OP, "vocab", d.vocab)?;
         let pen_nnz = to_i32(OP, "penalty entries", a.penalties.ids.len())?;
         let sup_nnz = to_i32(OP, "suppressed ids", a.suppress.ids.len())?;
-        let grid = (to_u32(OP, "rows", d.rows)?, 1, 1);
+        let chunks = to_i32(OP, "stat chunks", d.stat_chunks())?;
+        let rows = to_u32(OP, "rows", d.rows)?;
+        let mut st = stream.launch_builder(&self.f.sample_stats);
+        st.arg(&a.logits).arg(&stride).arg(&vocab).arg(&mut a.partials.max).arg(&mut a.partials.sum).arg(&mut a.partials.arg);
+        // SAFETY: matches tf_sample_stats(const float*, long long, int, float*, double*,
+        // unsigned long long*); grid (chunks, rows) reads ids < vocab of each checked logits
+        // row and writes rows × chunks partials, which `check` verified fit.
+        unsafe { st.launch(cfg((chunks as u32, rows, 1), 256)) }.map_err(drv(OP))?;
+        let grid = (rows, 1, 1);
         let mut b = stream.launch_builder(&self.f.sample);
         b.arg(&a.logits).arg(&stride).arg(&vocab).arg(&a.params);
         b.arg(&a.penalties.offsets).arg(&a.penalties.ids).arg(&a.penalty_counts).arg(&pen_nnz);
         b.arg(&a.suppress.offsets).arg(&a.suppress.ids).arg(&sup_nnz).arg(&mut a.scratch);
         b.arg(&mut a.out.token).arg(&mut a.out.logprob).arg(&mut a.out.top_ids).arg(&mut a.out.top_logprobs);
+        let (pmax, psum, parg) = (a.partials.max.as_view(), a.partials.sum.as_view(), a.partials.arg.as_view());
+        b.arg(&pmax).arg(&psum).arg(&parg).arg(&chunks);
         // SAFETY: matches tf_sample(const float*, long long, int, const SampleParams*, int*,
-        // int*, int*, int, int*, int*, int, float*, int*, float*, int*, float*). Lengths are
-        // host-checked (rows × stride logits, rows + 1 offsets, rows × vocab scratch, rows ×
-        // 20 top outputs); the kernel clamps CSR offsets to the lists and skips ids outside
-        // the vocabulary.
+        // int*, int*, int, int*, int*, int, float*, int*, float*, int*, float*, const float*,
+        // const double*, const unsigned long long*, int). Lengths are host-checked (rows ×
+        // stride logits, rows + 1 offsets, rows × vocab scratch, rows × 20 top outputs, rows ×
+        // chunks partials written by the launch above on the same stream); the kernel clamps
+        // CSR offsets to the lists and skips ids outside the vocabulary.
         unsafe { b.launch(cfg(grid, 512)) }.map(|_| ()).map_err(drv(OP))
     }
 }

@@ -9,7 +9,7 @@ use cudarc::driver::CudaSlice;
 use super::sampler_ref::{self, RefSpec};
 use super::{CaseResult, Tester, error_row};
 use crate::KernelError;
-use crate::ops::{SampleArgs, SampleOutputs, SampleParams, SparseRows};
+use crate::ops::{SampleArgs, SampleOutputs, SampleParams, SamplePartials, SparseRows};
 use crate::shapes::{MAX_TOP_LOGPROBS, SampleDims};
 
 const BIG_VOCAB: usize = 128_256;
@@ -220,9 +220,14 @@ fn sample_case(t: &mut Tester<'_>, c: &Case) -> Result<CaseResult, KernelError> 
     let mut top_i = t.up(&vec![-7i32; rows * MAX_TOP_LOGPROBS])?;
     let mut top_l = t.up(&vec![f32::NAN; rows * MAX_TOP_LOGPROBS])?;
     let dims = SampleDims { rows, vocab, logits_stride: stride };
+    // Poisoned: tf_sample_stats must write every partial tf_sample reads.
+    let np = dims.partials_len();
+    let mut parts = (t.up(&vec![f32::NAN; np])?, t.up(&vec![f64::NAN; np])?, t.up(&vec![u64::MAX; np])?);
     let (k, stream) = (t.k, t.stream.clone());
     let (n_pen, n_sup) = (pen_ids.len(), sup_ids.len());
+    type Parts = (CudaSlice<f32>, CudaSlice<f64>, CudaSlice<u64>);
     let launch = |scratch: &mut CudaSlice<f32>,
+                  parts: &mut Parts,
                   tok: &mut CudaSlice<i32>,
                   lp: &mut CudaSlice<f32>,
                   top_i: &mut CudaSlice<i32>,
@@ -237,6 +242,7 @@ fn sample_case(t: &mut Tester<'_>, c: &Case) -> Result<CaseResult, KernelError> 
                 penalty_counts: pc.slice(..n_pen),
                 suppress: SparseRows { offsets: so.as_view(), ids: si.slice(..n_sup) },
                 scratch: scratch.as_view_mut(),
+                partials: SamplePartials { max: parts.0.as_view_mut(), sum: parts.1.as_view_mut(), arg: parts.2.as_view_mut() },
                 out: SampleOutputs {
                     token: tok.as_view_mut(),
                     logprob: lp.as_view_mut(),
@@ -246,10 +252,11 @@ fn sample_case(t: &mut Tester<'_>, c: &Case) -> Result<CaseResult, KernelError> 
             },
         )
     };
-    launch(&mut scratch, &mut tok, &mut lp, &mut top_i, &mut top_l)?;
+    launch(&mut scratch, &mut parts, &mut tok, &mut lp, &mut top_i, &mut top_l)?;
     t.sync()?;
     let (g_tok, g_lp, g_ti, g_tl) = (t.down(&tok)?, t.down(&lp)?, t.down(&top_i)?, t.down(&top_l)?);
-    let time = if c.timed { Some(t.time(20, || launch(&mut scratch, &mut tok, &mut lp, &mut top_i, &mut top_l))?) } else { None };
+    let time =
+        if c.timed { Some(t.time(20, || launch(&mut scratch, &mut parts, &mut tok, &mut lp, &mut top_i, &mut top_l))?) } else { None };
 
     let (mut mismatches, mut near_ties, mut max_lp_err, mut bad_top) = (0usize, 0usize, 0.0f32, 0usize);
     for r in 0..rows {

@@ -47,7 +47,9 @@ pub fn activation_bytes(c: &ModelConfig, cap: &StepCapacity) -> usize {
     let q = c.num_heads * c.head_dim;
     let qkv = q + 2 * c.num_kv_heads * c.head_dim;
     let bf16_elems = t * (h + qkv + q + h + 2 * i + i) + s * h;
-    let f32_elems = t * h + 2 * s * v + s * TOP_LOGPROBS_STRIDE + s;
+    // Logits and sampler scratch, top-n outputs, and the sampler's per-4096-id partials (f32
+    // max + f64 sum + u64 argmax key: 5 words each).
+    let f32_elems = t * h + 2 * s * v + s * TOP_LOGPROBS_STRIDE + s + 5 * s * v.div_ceil(4096);
     let ints = 3 * t + 2 * s + 1 + s * cap.max_blocks_per_seq() + s * (TOP_LOGPROBS_STRIDE + 1);
     // Split-KV workspace: at most DECODE_MAX splits of 64 tokens per sequence and head.
     let splits = cap.max_context.div_ceil(64).max(1);

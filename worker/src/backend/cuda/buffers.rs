@@ -6,6 +6,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
 use tokenfleet_kernels::ops::SampleParams;
+use tokenfleet_kernels::shapes::SAMPLE_STATS_CHUNK;
 
 use super::super::cuda_plan::{StepCapacity, TOP_LOGPROBS_STRIDE};
 use super::{dev, sample_params};
@@ -47,6 +48,10 @@ pub struct StepBuffers {
     pub pen_counts: CudaSlice<i32>,
     pub sup_offsets: CudaSlice<i32>,
     pub sup_ids: CudaSlice<i32>,
+    /// The sampler's split-vocabulary row statistics (max, Σ exp, argmax key per chunk).
+    pub part_max: CudaSlice<f32>,
+    pub part_sum: CudaSlice<f64>,
+    pub part_arg: CudaSlice<u64>,
 }
 
 /// Initial entries of the sparse sampler lists per row (distinct context tokens with a
@@ -88,6 +93,9 @@ impl StepBuffers {
             pen_counts: s.alloc_zeros(n * SPARSE_PER_ROW).map_err(&a)?,
             sup_offsets: s.alloc_zeros(n + 1).map_err(&a)?,
             sup_ids: s.alloc_zeros(n * SPARSE_PER_ROW).map_err(&a)?,
+            part_max: s.alloc_zeros(n * v.div_ceil(SAMPLE_STATS_CHUNK)).map_err(&a)?,
+            part_sum: s.alloc_zeros(n * v.div_ceil(SAMPLE_STATS_CHUNK)).map_err(&a)?,
+            part_arg: s.alloc_zeros(n * v.div_ceil(SAMPLE_STATS_CHUNK)).map_err(&a)?,
         })
     }
 

@@ -3,8 +3,8 @@
 //! eagerly or under CUDA-graph capture (no allocation, no host sync, no host-side data).
 
 use tokenfleet_kernels::ops::{
-    AddRmsNormArgs, DecodeArgs, EmbeddingArgs, PagedKv, PrefillArgs, RmsNormArgs, RopeKvArgs, SampleArgs, SampleOutputs, SiluMulArgs,
-    SparseRows,
+    AddRmsNormArgs, DecodeArgs, EmbeddingArgs, PagedKv, PrefillArgs, RmsNormArgs, RopeKvArgs, SampleArgs, SampleOutputs, SamplePartials,
+    SiluMulArgs, SparseRows,
 };
 use tokenfleet_kernels::shapes::{
     AttnRows, DecodeDims, EmbeddingDims, KvCacheShape, NormDims, PrefillDims, RopeDims, SampleDims, SiluDims,
@@ -239,6 +239,7 @@ impl CudaBackend {
                 penalty_counts: b.pen_counts.slice(..),
                 suppress: SparseRows { offsets: b.sup_offsets.slice(..rows + 1), ids: b.sup_ids.slice(..) },
                 scratch: b.scratch.slice_mut(..rows * vocab),
+                partials: SamplePartials { max: b.part_max.slice_mut(..), sum: b.part_sum.slice_mut(..), arg: b.part_arg.slice_mut(..) },
                 out: SampleOutputs {
                     token: b.out_token.slice_mut(..rows),
                     logprob: b.out_logprob.slice_mut(..rows),
