@@ -5,7 +5,7 @@
 #   2. fails on any kernel with spill bytes or a stack frame;
 #   3. with cuobjdump, checks the SASS: tensor-core MMA in prefill attention (HMMA on sm_80,
 #      HMMA or HGMMA on sm_90a) and 128-bit global loads in the streaming kernels (decode
-#      attention, embedding, norms, SiLU·mul);
+#      attention, embedding, norms, SiLU·mul, small-batch GEMV);
 #   4. builds, lints and unit-tests tokenfleet-kernels with `--features cuda` (build.rs
 #      embeds the images and enforces the same no-spill rule; the host-side tests need no
 #      GPU), then lints the worker with `--features cuda` and runs its backend unit tests.
@@ -95,7 +95,7 @@ for arch in ("sm_80", "sm_90a"):
     checks.append(("attention_prefill", arch, "tf_attn_prefill", "tensor-core MMA", mma))
     ld128 = r"\bLDG\.E(\.[A-Z0-9_]+)*\.128\b"
     for mod, prefix in (("attention_decode", "tf_attn_decode_hd"), ("embedding", "tf_embedding_gather"),
-                        ("rmsnorm", "tf_"), ("silu_mul", "tf_silu_mul")):
+                        ("rmsnorm", "tf_"), ("silu_mul", "tf_silu_mul"), ("gemv", "tf_gemv_")):
         checks.append((mod, arch, prefix, "128-bit loads", ld128))
 sass_rows = []
 for mod, arch, prefix, what, rx in checks:

@@ -34,6 +34,8 @@ pub(crate) struct Functions {
     pub decode_merge: [CudaFunction; 2],
     pub sample: CudaFunction,
     pub sample_stats: CudaFunction,
+    /// [bf16, f32, silu][t - 1] for t = 1..=8 activation rows.
+    pub gemv: [[CudaFunction; 8]; 3],
 }
 
 /// The kernels loaded on one device (context), with one checked launcher per op (see the
@@ -111,6 +113,13 @@ impl Kernels {
                 get("attention_decode", &format!("tf_attn_decode_hd{hd}_g8"))?,
             ])
         };
+        let gemv_row = |mode: &str| -> Result<[CudaFunction; 8], KernelError> {
+            let mut v = Vec::with_capacity(8);
+            for t in 1..=8 {
+                v.push(get("gemv", &format!("tf_gemv_{mode}_t{t}"))?);
+            }
+            v.try_into().map_err(|_| KernelError::SelfTest("gemv kernels missing".into()))
+        };
         let f = Functions {
             embedding: get("embedding", "tf_embedding_gather")?,
             rmsnorm: get("rmsnorm", "tf_rmsnorm")?,
@@ -122,6 +131,7 @@ impl Kernels {
             decode_merge: [get("attention_decode", "tf_attn_decode_merge_hd64")?, get("attention_decode", "tf_attn_decode_merge_hd128")?],
             sample: get("sampling", "tf_sample")?,
             sample_stats: get("sampling", "tf_sample_stats")?,
+            gemv: [gemv_row("bf16")?, gemv_row("f32")?, gemv_row("silu")?],
         };
         Ok(Kernels { ctx: ctx.clone(), f, image, compute_capability: (major, minor), num_sms: num_sms.max(1) as usize, _modules: modules })
     }

@@ -207,6 +207,64 @@ impl SiluDims {
     }
 }
 
+/// Most activation rows the small-batch GEMV handles (one kernel per row count).
+pub const GEMV_MAX_ROWS: usize = 8;
+
+/// What the small-batch GEMV writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GemvEpilogue {
+    /// `out[t, j]` bf16.
+    Bf16,
+    /// `out[t, j]` f32.
+    F32,
+    /// The weight is a fused gate|up (`n = 2·inter` rows): `out[t, j] = silu(gate_j)·up_j`,
+    /// bf16, `inter` columns.
+    SiluMul,
+}
+
+/// `out = x · Wᵀ` for `t ≤ 8` rows of `x [t, k]` and `W [n, k]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemvDims {
+    pub t: usize,
+    pub n: usize,
+    pub k: usize,
+    pub epilogue: GemvEpilogue,
+}
+
+impl GemvDims {
+    /// Whether the kernel handles these sizes at all (callers fall back to a GEMM).
+    pub fn supported(&self) -> bool {
+        (1..=GEMV_MAX_ROWS).contains(&self.t)
+            && self.k > 0
+            && self.k.is_multiple_of(8)
+            && self.n >= 2
+            && self.n.is_multiple_of(2)
+            && self.n <= I32_MAX
+            && self.k <= I32_MAX
+    }
+
+    /// Columns of the output.
+    pub fn out_cols(&self) -> usize {
+        if self.epilogue == GemvEpilogue::SiluMul { self.n / 2 } else { self.n }
+    }
+
+    /// Bytes of one output element.
+    pub fn out_elem(&self) -> usize {
+        if self.epilogue == GemvEpilogue::F32 { 4 } else { 2 }
+    }
+
+    pub fn check(&self, x_len: usize, w_len: usize, out_len: usize, out_elem: usize) -> Result<(), KernelError> {
+        const OP: &str = "gemv";
+        ensure(OP, self.supported(), || {
+            format!("t = {} (1..=8), n = {} (even), k = {} (multiple of 8) unsupported", self.t, self.n, self.k)
+        })?;
+        ensure(OP, out_elem == self.out_elem(), || format!("output element of {out_elem} bytes for {:?}", self.epilogue))?;
+        len_at_least(OP, "x", x_len, mul(self.t, self.k))?;
+        len_at_least(OP, "w", w_len, mul(self.n, self.k))?;
+        len_at_least(OP, "out", out_len, mul(self.t, self.out_cols()))
+    }
+}
+
 /// Row layout of the query input and the output of an attention launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttnRows {

@@ -57,6 +57,8 @@ VARIANTS = {
     "e:f32-delta+hilo-head+f32-gateup": spec(CURRENT, **NOD, gateup=False, final="hilo"),
     # Further: every GEMM output f32 (q/k/v rounded once, after RoPE, as the cache needs).
     "g:f32-gemm-outs+hilo-head": spec(CURRENT, **NOD, gateup=False, qkv=False, final="hilo"),
+    # …and the norm outputs (inputs of the QKV and gate_up GEMMs) as hi+lo bf16 pairs.
+    "i:g+hilo-norm-h": spec(CURRENT, **NOD, gateup=False, qkv=False, final="hilo", norm="hilo"),
     # …and every GEMM input as hi+lo bf16 pairs (2 GEMM rows per token): what is left is
     # bf16 q/k/v into attention and bf16 P in the prefill kernel.
     "h:g+hilo-gemm-inputs": spec(CURRENT, **NOD, gateup=False, qkv=False, final="hilo", norm="hilo",

@@ -10,6 +10,7 @@
 pub mod activation;
 pub mod attention;
 pub mod embedding;
+pub mod gemv;
 pub mod norm;
 pub mod rope;
 pub mod sampling;
@@ -17,6 +18,7 @@ pub mod sampling;
 pub use activation::SiluMulArgs;
 pub use attention::{DecodeArgs, PagedKv, PrefillArgs};
 pub use embedding::EmbeddingArgs;
+pub use gemv::{GemvArgs, GemvOut};
 pub use norm::{AddRmsNormArgs, RmsNormArgs};
 pub use rope::RopeKvArgs;
 pub use sampling::{SampleArgs, SampleOutputs, SampleParams, SamplePartials, SparseRows};

@@ -10,6 +10,7 @@
 
 mod cases_attn;
 mod cases_basic;
+mod cases_gemv;
 mod cases_sample;
 pub mod reference;
 pub mod sampler_ref;
@@ -140,6 +141,9 @@ pub fn run_all(ordinal: usize) -> Result<Report, KernelError> {
     }
     if wants("sample") {
         cases_sample::run(&mut t)?;
+    }
+    if wants("gemv") {
+        cases_gemv::run(&mut t)?;
     }
     let (major, minor) = kernels.compute_capability();
     Ok(Report {

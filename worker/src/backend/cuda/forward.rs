@@ -4,15 +4,13 @@
 
 use tokenfleet_kernels::ops::{
     AddRmsNormArgs, DecodeArgs, EmbeddingArgs, PagedKv, PrefillArgs, RmsNormArgs, RopeKvArgs, SampleArgs, SampleOutputs, SamplePartials,
-    SiluMulArgs, SparseRows,
+    SparseRows,
 };
-use tokenfleet_kernels::shapes::{
-    AttnRows, DecodeDims, EmbeddingDims, KvCacheShape, NormDims, PrefillDims, RopeDims, SampleDims, SiluDims,
-};
+use tokenfleet_kernels::shapes::{AttnRows, DecodeDims, EmbeddingDims, KvCacheShape, NormDims, PrefillDims, RopeDims, SampleDims};
 
 use super::super::cuda_plan::TOP_LOGPROBS_STRIDE;
 use super::buffers::StepInputs;
-use super::gemm::{GemmDims, OutType};
+use super::gemm::{GemmDims, GemmIo};
 use super::{CudaBackend, dev, kern};
 use crate::backend::BackendError;
 use crate::engine::sampler::Sampled;
@@ -97,7 +95,11 @@ impl CudaBackend {
         let n_layers = self.w.layers.len();
         for li in 0..n_layers {
             let layer = &self.w.layers[li];
-            self.gemm.run(&b.h.slice(..t * h), &layer.qkv, &mut b.qkv.slice_mut(..t * qw), OutType::Bf16, GemmDims { t, n: qw, k: h })?;
+            self.gemm.run(
+                k,
+                GemmIo { x: b.h.slice(..t * h), w: layer.qkv.as_view(), out: b.qkv.slice_mut(..t * qw) },
+                GemmDims { t, n: qw, k: h },
+            )?;
             k.rope_kv_write(
                 s,
                 RopeKvArgs {
@@ -153,10 +155,8 @@ impl CudaBackend {
                 .map_err(kern)?;
             }
             self.gemm.run(
-                &b.attn.slice(..t * attn_w),
-                &layer.o,
-                &mut b.delta.slice_mut(..t * h),
-                OutType::Bf16,
+                k,
+                GemmIo { x: b.attn.slice(..t * attn_w), w: layer.o.as_view(), out: b.delta.slice_mut(..t * h) },
                 GemmDims { t, n: h, k: attn_w },
             )?;
             k.add_rmsnorm(
@@ -171,27 +171,15 @@ impl CudaBackend {
                 },
             )
             .map_err(kern)?;
-            self.gemm.run(
-                &b.h.slice(..t * h),
-                &layer.gate_up,
-                &mut b.gate_up.slice_mut(..t * 2 * inter),
-                OutType::Bf16,
+            self.gemm.run_gate_up(
+                k,
+                GemmIo { x: b.h.slice(..t * h), w: layer.gate_up.as_view(), out: b.gate_up.slice_mut(..t * 2 * inter) },
+                b.act.slice_mut(..t * inter),
                 GemmDims { t, n: 2 * inter, k: h },
             )?;
-            k.silu_mul(
-                s,
-                SiluMulArgs {
-                    dims: SiluDims { num_tokens: t, inter },
-                    gate_up: b.gate_up.slice(..t * 2 * inter),
-                    out: b.act.slice_mut(..t * inter),
-                },
-            )
-            .map_err(kern)?;
             self.gemm.run(
-                &b.act.slice(..t * inter),
-                &layer.down,
-                &mut b.delta.slice_mut(..t * h),
-                OutType::Bf16,
+                k,
+                GemmIo { x: b.act.slice(..t * inter), w: layer.down.as_view(), out: b.delta.slice_mut(..t * h) },
                 GemmDims { t, n: h, k: inter },
             )?;
             let next_norm = if li + 1 < n_layers { &self.w.layers[li + 1].input_norm } else { &self.w.final_norm };
@@ -223,10 +211,8 @@ impl CudaBackend {
         }
         let hs = if all_rows { b.h.slice(..rows * h) } else { b.h_sel.slice(..rows * h) };
         self.gemm.run(
-            &hs,
-            self.w.lm_head(),
-            &mut b.logits.slice_mut(..rows * vocab),
-            OutType::F32,
+            k,
+            GemmIo { x: hs, w: self.w.lm_head().as_view(), out: b.logits.slice_mut(..rows * vocab) },
             GemmDims { t: rows, n: vocab, k: h },
         )?;
         k.sample(

@@ -243,6 +243,8 @@ impl Backend for CudaBackend {
             ("gemm_cublaslt_shapes", g.lt_shapes as u64),
             ("gemm_tuned_shapes", g.tuned_shapes as u64),
             ("gemm_fallback_shapes", g.gemm_ex_shapes as u64),
+            ("gemv_shapes", g.gemv_shapes as u64),
+            ("gemv_rejected", g.gemv_rejected as u64),
             ("graph_captures", self.graphs.captures),
             ("graph_replays", self.graphs.replays),
             ("graphs_held", self.graphs.len() as u64),

@@ -1,0 +1,99 @@
+//! Self-test cases of the small-batch GEMV: every epilogue against an f64 reference, at
+//! sizes that exercise the unrolled body, the tail loop and a partial last block, plus the
+//! Minitron-4B decode projections (timed: these are the shapes the backend tunes for).
+
+use half::bf16;
+
+use super::reference;
+use super::{BF16_TOL, CaseResult, Tester, bf, compare, error_row, row};
+use crate::KernelError;
+use crate::ops::{GemvArgs, GemvOut};
+use crate::shapes::{GemvDims, GemvEpilogue};
+
+const TIMED: usize = 50;
+/// f32 outputs: only the f32 accumulation differs from the f64 reference.
+const F32_TOL: f64 = 1e-4;
+
+pub(crate) fn run(t: &mut Tester<'_>) -> Result<(), KernelError> {
+    use GemvEpilogue::*;
+    // (t, n, k, epilogue): odd pair counts leave the last block partly empty; k = 1544 and
+    // 584 are not multiples of the unrolled stride (32 lanes × 4 chunks × 8), so the tail runs.
+    let cases = [
+        (1, 770, 1544, Bf16),
+        (3, 770, 1544, F32),
+        (5, 258, 584, Bf16),
+        (8, 2000, 520, SiluMul),
+        (2, 34, 8, F32),
+        (7, 130, 1032, SiluMul),
+        // Minitron-4B decode shapes: QKV, o_proj, gate|up (fused), down, and an lm_head slice
+        // (the full 256k × 3072 head would make the host reference the slow part).
+        (1, 5120, 3072, Bf16),
+        (1, 3072, 4096, Bf16),
+        (1, 18_432, 3072, SiluMul),
+        (1, 3072, 9216, Bf16),
+        (1, 32_768, 3072, F32),
+        (4, 18_432, 3072, SiluMul),
+        (8, 3072, 9216, Bf16),
+    ];
+    for (rows, n, k, epilogue) in cases {
+        let d = GemvDims { t: rows, n, k, epilogue };
+        let case = format!("t{rows} n{n} k{k} {epilogue:?}");
+        let r = match epilogue {
+            F32 => gemv::<f32>(t, d),
+            _ => gemv::<bf16>(t, d),
+        };
+        t.push(r.unwrap_or_else(|e| error_row("gemv", &case, &e)));
+    }
+    Ok(())
+}
+
+trait Poison: GemvOut + Copy + Default {
+    const POISON: Self;
+    fn widen(v: Self) -> f32;
+}
+
+impl Poison for bf16 {
+    const POISON: Self = bf::NAN;
+    fn widen(v: Self) -> f32 {
+        v.to_f32()
+    }
+}
+
+impl Poison for f32 {
+    const POISON: Self = f32::NAN;
+    fn widen(v: Self) -> f32 {
+        v
+    }
+}
+
+fn gemv<O: Poison>(t: &mut Tester<'_>, d: GemvDims) -> Result<CaseResult, KernelError> {
+    let (x_h, x_f) = bf::random(&mut t.rng, d.t * d.k, 1.0);
+    // Unit-gain weights (std 1/√k) keep the outputs O(1) as in a real projection.
+    let (w_h, w_f) = bf::random(&mut t.rng, d.n * d.k, 1.0 / (d.k as f32).sqrt());
+    let x = t.up(&x_h)?;
+    let w = t.up(&w_h)?;
+    let cols = d.out_cols();
+    let mut out = t.up(&vec![O::POISON; d.t * cols])?;
+    let (k, stream) = (t.k, t.stream.clone());
+    let mut launch = || k.gemv(&stream, GemvArgs { dims: d, x: x.as_view(), w: w.as_view(), out: out.as_view_mut() });
+    launch()?;
+    t.sync()?;
+    let time = t.time(TIMED, &mut launch)?;
+    let got: Vec<f32> = t.down(&out)?.into_iter().map(O::widen).collect();
+    let dot = |r: usize, j: usize| -> f64 { (0..d.k).map(|i| x_f[r * d.k + i] as f64 * w_f[j * d.k + i] as f64).sum() };
+    let mut want = Vec::with_capacity(d.t * cols);
+    for r in 0..d.t {
+        for j in 0..cols {
+            want.push(match d.epilogue {
+                GemvEpilogue::SiluMul => reference::silu_mul(dot(r, j) as f32, dot(r, cols + j) as f32),
+                _ => dot(r, j),
+            });
+        }
+    }
+    let m = compare(&got, &want);
+    let tol = if d.epilogue == GemvEpilogue::F32 { F32_TOL } else { BF16_TOL };
+    let bytes = (2 * (d.n * d.k + d.t * d.k) + d.out_elem() * d.t * cols) as u64;
+    let flops = (2 * d.t * d.n * d.k) as u64;
+    Ok(row("gemv", &format!("t{} n{} k{} {:?}", d.t, d.n, d.k, d.epilogue), &m, tol, format!("{:?} out vs f64 reference", d.epilogue))
+        .timed(Some(time), bytes, flops))
+}
