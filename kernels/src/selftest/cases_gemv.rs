@@ -27,7 +27,7 @@ pub(crate) fn run(t: &mut Tester<'_>) -> Result<(), KernelError> {
         (7, 130, 1032, SiluMul),
         // Minitron-4B decode shapes: QKV, o_proj, gate|up (fused), down, and an lm_head slice
         // (the full 256k × 3072 head would make the host reference the slow part).
-        (1, 5120, 3072, Bf16),
+        (1, 6144, 3072, Bf16),
         (1, 3072, 4096, Bf16),
         (1, 18_432, 3072, SiluMul),
         (1, 3072, 9216, Bf16),
