@@ -7,11 +7,11 @@
 #   scripts/gpu-check.sh speed     # Minitron-4B shape: bs1 decode, prefill, batched decode; transformers peer (~3 min)
 #   scripts/gpu-check.sh serving   # separate call: tokenfleet bench 1000-in/1000-out at concurrency 64 and 256 against serve --backend cuda
 #
-# The machine has no Rust and no network: the release binaries built here travel with the
-# tree: tokenfleet-worker with `--features cuda` (TOKENFLEET_WORKER_BIN, else
-# target-cuda/release or target/release) and, for `serving`, the `tokenfleet` CLI
-# (TOKENFLEET_CLI_BIN, else next to the worker or target/release). Models are generated on
-# the spot with gen-model.
+# The machine has no Rust and no network: scripts/build-gpu-bundle.sh builds the release
+# binaries here into dist/, which travels with the tree: tokenfleet-worker with `--features
+# cuda` (TOKENFLEET_WORKER_BIN, else dist/, target-cuda/release or target/release) and, for
+# `serving`, the `tokenfleet` CLI (TOKENFLEET_CLI_BIN, else next to the worker or
+# target/release). Models are generated on the spot with gen-model.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/gpu-results}"
@@ -21,7 +21,7 @@ export TOKENFLEET_REQUIRE_GPU=1
 
 BIN="${TOKENFLEET_WORKER_BIN:-}"
 if [[ -z "$BIN" ]]; then
-  for c in "$ROOT/target-cuda/release/tokenfleet-worker" "$ROOT/target/release/tokenfleet-worker" "$ROOT/dist/tokenfleet-worker"; do
+  for c in "$ROOT/dist/tokenfleet-worker" "$ROOT/target-cuda/release/tokenfleet-worker" "$ROOT/target/release/tokenfleet-worker"; do
     [[ -x "$c" ]] && { BIN="$c"; break; }
   done
 fi
