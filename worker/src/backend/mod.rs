@@ -127,4 +127,9 @@ pub trait Backend: Send {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// One-time work before serving (CUDA: GEMM tuning and graph capture for every decode
+    /// batch bucket), so the first requests do not pay for it.
+    fn warm_up(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
 }

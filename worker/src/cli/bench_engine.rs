@@ -265,7 +265,9 @@ fn cuda_backend(
 ) -> anyhow::Result<Box<dyn Backend>> {
     use crate::backend::cuda::{CudaBackend, CudaConfig};
     let cfg = CudaConfig { device, gpu_memory_fraction: 0.9, kv_blocks: Some(kv_blocks), capacity, tune_gemms: true, cuda_graphs };
-    Ok(Box::new(CudaBackend::new(model, &cfg, &mut |_| {}).map_err(|e| anyhow::anyhow!("CUDA backend: {e}"))?))
+    let mut backend = CudaBackend::new(model, &cfg, &mut |_| {}).map_err(|e| anyhow::anyhow!("CUDA backend: {e}"))?;
+    backend.warm_up().map_err(|e| anyhow::anyhow!("CUDA warm-up: {e}"))?;
+    Ok(Box::new(backend))
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -241,7 +241,10 @@ fn parity(device: usize, models: &[PathBuf], steps: u32) -> anyhow::Result<(serd
         let mut gpu = core_for(&model, Box::new(cuda), 64);
         // The same backend replaying decode steps from CUDA graphs (padded batches, bucketed
         // split-KV plans): it must give what the eager launches give.
-        let graphed = CudaBackend::new(&model, &cuda_cfg(true), &mut |_| {}).map_err(|e| anyhow::anyhow!("CUDA backend (graphs): {e}"))?;
+        let mut graphed =
+            CudaBackend::new(&model, &cuda_cfg(true), &mut |_| {}).map_err(|e| anyhow::anyhow!("CUDA backend (graphs): {e}"))?;
+        // As `serve` does: every decode bucket tuned and captured before the first request.
+        graphed.warm_up().map_err(|e| anyhow::anyhow!("CUDA warm-up (graphs): {e}"))?;
         let mut gpu_graphs = core_for(&model, Box::new(graphed), 64);
         let mut cases = Vec::new();
         let mut cuda_outputs = Vec::new();

@@ -73,8 +73,9 @@ fn build_cuda(a: &WorkerConfig, model: &Model) -> anyhow::Result<(Box<dyn Backen
         cuda_graphs: a.cuda_graphs,
     };
     let pb = super::progress_bar(crate::backend::cuda_plan::weight_bytes(&model.config) as u64, "loading weights to the GPU");
-    let backend = CudaBackend::new(model, &cfg, &mut |n| pb.inc(n)).map_err(|e| anyhow::anyhow!("CUDA backend: {e}"))?;
+    let mut backend = CudaBackend::new(model, &cfg, &mut |n| pb.inc(n)).map_err(|e| anyhow::anyhow!("CUDA backend: {e}"))?;
     pb.finish_and_clear();
+    backend.warm_up().map_err(|e| anyhow::anyhow!("CUDA warm-up: {e}"))?;
     let blocks = backend.kv_blocks();
     Ok((Box::new(backend), blocks))
 }

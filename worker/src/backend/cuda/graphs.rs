@@ -16,7 +16,7 @@ use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use super::buffers::StepInputs;
 use super::forward::Launch;
 use super::{CudaBackend, dev};
-use crate::backend::cuda_graph_plan::{GraphKey, pad_decode};
+use crate::backend::cuda_graph_plan::{GraphKey, batch_bucket, pad_decode, width_bucket};
 use crate::backend::{BLOCK_SIZE, BackendError, StepBatch};
 use crate::engine::sampler::Sampled;
 
@@ -53,6 +53,12 @@ impl GraphCache {
 impl CudaBackend {
     /// A decode step through the graph of `key`, capturing it on first use.
     pub(super) fn step_graph(&mut self, batch: &StepBatch, key: GraphKey) -> Result<Vec<Sampled>, BackendError> {
+        self.step_padded(batch, key, true)
+    }
+
+    /// `batch` padded to `key`'s shape, then replayed from its graph, or run eagerly (and
+    /// captured when `graphs`).
+    fn step_padded(&mut self, batch: &StepBatch, key: GraphKey, graphs: bool) -> Result<Vec<Sampled>, BackendError> {
         let real_rows = batch.seqs.len();
         let pad_block = u32::try_from(self.num_blocks).map_err(|_| BackendError::Device("KV pool too large for a block id".into()))?;
         let padded = pad_decode(batch, key, pad_block);
@@ -67,19 +73,42 @@ impl CudaBackend {
         let launch = Launch { max_context_len: key.table_width * BLOCK_SIZE, ..Launch::of(&inputs) };
         self.upload(&inputs)?;
         let replayed = match self.graphs.graphs.get(&key) {
-            Some(g) => {
+            Some(g) if graphs => {
                 g.0.launch().map_err(dev("replaying a decode graph"))?;
                 self.graphs.replays += 1;
                 true
             }
-            None => false,
+            _ => false,
         };
         if !replayed {
             // Eager first (this step's results, and the GEMM plans of the shape), then capture.
             self.forward(&launch, &inputs.sample_rows)?;
-            self.capture(key, &launch, &inputs.sample_rows)?;
+            if graphs {
+                self.capture(key, &launch, &inputs.sample_rows)?;
+            }
+        }
+        if real_rows == 0 {
+            // Warm-up: nothing to read back, but its errors must surface here.
+            self.stream.synchronize().map_err(dev("warm-up step"))?;
+            return Ok(Vec::new());
         }
         self.read_samples(&inputs, real_rows)
+    }
+
+    /// Runs one all-padding decode step of every batch bucket the buffers allow, so that
+    /// GEMM tuning (and, with graphs, capture at the narrowest table width) happens before
+    /// the worker reports SERVING instead of in the first requests' steps.
+    pub(super) fn warm_up_buckets(&mut self) -> Result<usize, BackendError> {
+        let limit = self.cap.max_seqs.min(self.cap.max_tokens);
+        let Some(width) = width_bucket(1, self.cap.max_blocks_per_seq()) else { return Ok(0) };
+        let mut n = 1;
+        let mut steps = 0;
+        while let Some(b) = batch_bucket(n, limit) {
+            self.step_padded(&StepBatch::default(), GraphKey { batch: b, table_width: width }, self.use_graphs)?;
+            steps += 1;
+            n = b + 1;
+        }
+        Ok(steps)
     }
 
     fn capture(&mut self, key: GraphKey, launch: &Launch, sample_rows: &[usize]) -> Result<(), BackendError> {

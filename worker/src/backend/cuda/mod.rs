@@ -237,6 +237,22 @@ impl Backend for CudaBackend {
         self.step(batch)
     }
 
+    fn warm_up(&mut self) -> Result<(), BackendError> {
+        let t0 = std::time::Instant::now();
+        let steps = self.warm_up_buckets()?;
+        let g = self.gemm.stats();
+        tracing::info!(
+            steps,
+            seconds = t0.elapsed().as_secs_f64(),
+            gemm_shapes = g.lt_shapes + g.gemm_ex_shapes,
+            gemv_shapes = g.gemv_shapes,
+            gemv_rejected = g.gemv_rejected,
+            graphs = self.graphs.len(),
+            "CUDA warm-up done"
+        );
+        Ok(())
+    }
+
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let g = self.gemm.stats();
         vec![
