@@ -4,12 +4,12 @@
 //! the gate|up projection) where that is faster.
 //!
 //! Each distinct shape (t, n, k, output type, fused or not) gets its descriptors built and
-//! its path chosen once, then cached: a step only launches. For decode-sized shapes (t ≤
-//! [`TUNE_MAX_T`]) the heuristic's candidates are timed once with CUDA events and the fastest
-//! kept (cuBLAS's first guess is most often off there). For t ≤ 8 our GEMV is then timed
+//! its path chosen once, then cached: a step only launches. For decode-sized shapes (t ≤ 8,
+//! and the decode batch buckets up to [`TUNE_MAX_T`]) the heuristic's candidates are timed
+//! once with CUDA events and the fastest kept (cuBLAS's first guess is most often off there). For t ≤ 8 our GEMV is then timed
 //! against that winner and taken only if it is faster *and* its output matches cuBLASLt's on
 //! the same inputs (a GEMV that disagrees is a kernel bug: logged, and never used again in
-//! this process). Larger shapes take the heuristic's first choice. A shape cuBLASLt has no
+//! this process). Other shapes take the heuristic's first choice. A shape cuBLASLt has no
 //! algorithm for falls back to `cublasGemmEx`, logged. Nothing is timed under graph capture.
 
 mod lt;
@@ -27,6 +27,7 @@ use tokenfleet_kernels::shapes::{GemvDims, GemvEpilogue, SiluDims};
 
 use self::lt::{LtHandle, LtPlan, Ptrs, launch_gemm_ex};
 use crate::backend::BackendError;
+use crate::backend::cuda_graph_plan::batch_bucket;
 
 /// The output element type of a GEMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,8 +79,16 @@ pub struct GemmIo<'a, T> {
     pub out: CudaViewMut<'a, T>,
 }
 
-/// Shapes with at most this many rows are tuned by timing (decode and small batches).
+/// Shapes with at most this many rows may be tuned by timing (decode and small batches).
 pub const TUNE_MAX_T: usize = 256;
+
+/// Row counts whose shapes are tuned by timing: 1..=8 (where our GEMV competes) and the
+/// decode batch buckets up to [`TUNE_MAX_T`] (the shapes CUDA graphs replay, tuned by the
+/// warm-up). Any other row count — a chunked-prefill or mixed step can have any — takes the
+/// heuristic's first choice, so serving never pauses to time a new shape.
+fn tuned_rows(t: usize) -> bool {
+    t <= TUNE_MAX_T && (t <= 8 || batch_bucket(t, TUNE_MAX_T) == Some(t))
+}
 /// Cached shapes before the cache is cleared (chunked prefill makes many distinct `t`).
 const MAX_PLANS: usize = 4096;
 /// Largest relative L2 difference between our GEMV and cuBLASLt on the same inputs that is
@@ -282,7 +291,7 @@ impl Gemm {
             return Ok(Plan::GemmEx);
         };
         self.stats.lt_shapes += 1;
-        if !self.tune || d.t > TUNE_MAX_T || self.capturing() {
+        if !self.tune || !tuned_rows(d.t) || self.capturing() {
             return Ok(Plan::Lt(plan));
         }
         let ptrs = self.ptrs(io);
@@ -411,6 +420,14 @@ mod tests {
         assert!(check_extents(21, 35, 15, 2, OutType::F32, d).is_err());
         let huge = GemmDims { t: usize::MAX, n: 2, k: 2 };
         assert!(check_extents(1, 4, 1, 2, OutType::Bf16, huge).is_err());
+    }
+
+    #[test]
+    fn only_small_and_bucket_row_counts_are_timed() {
+        let tuned: Vec<usize> = (1..=300).filter(|t| tuned_rows(*t)).collect();
+        assert_eq!(&tuned[..9], &[1, 2, 3, 4, 5, 6, 7, 8, 16]);
+        assert!(tuned_rows(64) && tuned_rows(80) && tuned_rows(256));
+        assert!(!tuned_rows(37) && !tuned_rows(65) && !tuned_rows(257) && !tuned_rows(288));
     }
 
     #[test]
