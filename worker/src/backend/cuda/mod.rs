@@ -54,6 +54,9 @@ fn kern(e: tokenfleet_kernels::KernelError) -> BackendError {
 }
 
 pub struct CudaBackend {
+    /// First field, so dropped first: the graphs reference the kernels' modules, the
+    /// buffers and the cuBLAS workspaces below.
+    graphs: GraphCache,
     _ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     k: Kernels,
@@ -72,7 +75,6 @@ pub struct CudaBackend {
     cap: StepCapacity,
     info: BackendInfo,
     use_graphs: bool,
-    graphs: GraphCache,
 }
 
 /// Checks libcuda can be loaded and the device exists, without panicking (cudarc panics
