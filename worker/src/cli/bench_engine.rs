@@ -161,9 +161,10 @@ fn backend_steps(a: &BenchEngineArgs) -> anyhow::Result<serde_json::Value> {
     const PREFILL_STEP_TOKENS: usize = 16384;
     let per_step = (PREFILL_STEP_TOKENS / a.prompt_len).max(1);
     let mut prefill = Vec::new();
+    let mut prefill_gpu = Vec::new();
     for rep in 0..=a.repeats {
         let prompts: Vec<Vec<u32>> = (0..a.batch).map(|s| prompt(vocab, s, rep, a.prompt_len)).collect();
-        let mut ms = 0.0;
+        let (mut ms, mut gpu_ms) = (0.0, 0.0);
         for (c, group) in prompts.chunks(per_step).enumerate() {
             let mut batch = step_batch(group, 0, blocks_per_seq);
             // Each sequence keeps its own blocks: offset the tables to the group's position.
@@ -179,13 +180,16 @@ fn backend_steps(a: &BenchEngineArgs) -> anyhow::Result<serde_json::Value> {
             let t = Instant::now();
             backend.execute(&batch).context("prefill step")?;
             ms += t.elapsed().as_secs_f64() * 1e3;
+            gpu_ms += gpu_step_ms(backend.as_ref()).unwrap_or(f64::NAN);
         }
         if rep > 0 {
             prefill.push(ms);
+            prefill_gpu.push(gpu_ms);
         }
     }
     // Decode after the last prefill: one token per sequence per step.
     let mut decode = Vec::new();
+    let mut decode_gpu = Vec::new();
     let mut last: Vec<Vec<u32>> = (0..a.batch).map(|s| vec![(s as u32 * 7 + 1) % vocab as u32]).collect();
     for i in 0..a.gen_len + 2 {
         let batch = step_batch(&last, a.prompt_len + i, blocks_per_seq);
@@ -193,11 +197,15 @@ fn backend_steps(a: &BenchEngineArgs) -> anyhow::Result<serde_json::Value> {
         let sampled = backend.execute(&batch).context("decode step")?;
         if i >= 2 {
             decode.push(t.elapsed().as_secs_f64() * 1e3);
+            decode_gpu.extend(gpu_step_ms(backend.as_ref()));
         }
         last = sampled.iter().map(|s| vec![s.token]).collect();
     }
     let prefill_ms = median(prefill);
     let decode_ms = median(decode);
+    // CUDA events around each step's device work (CUDA backend only; null elsewhere).
+    let gpu = |v: Vec<f64>| (!v.is_empty() && v.iter().all(|x| x.is_finite())).then(|| median(v));
+    let (prefill_gpu_ms, decode_gpu_ms) = (gpu(prefill_gpu), gpu(decode_gpu));
     let info = backend.info();
     let counters: serde_json::Map<String, serde_json::Value> =
         backend.counters().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
@@ -206,13 +214,20 @@ fn backend_steps(a: &BenchEngineArgs) -> anyhow::Result<serde_json::Value> {
         "backend": info.name, "device": info.device, "dtype": info.dtype, "model": model.id,
         "batch": a.batch, "prompt_len": a.prompt_len, "gen_len": a.gen_len, "cuda_graphs": a.cuda_graphs && info.name == "cuda",
         "prefill_ms": prefill_ms,
+        "prefill_gpu_ms": prefill_gpu_ms,
+        "decode_gpu_ms": decode_gpu_ms,
         "prefill_tokens_per_s": (a.batch * a.prompt_len) as f64 / (prefill_ms / 1e3),
         "decode_step_ms": decode_ms,
         "decode_tokens_per_s": a.batch as f64 / (decode_ms / 1e3),
         "threads": rayon::current_num_threads(),
         "backend_load_s": load_s,
-        "timing": "host wall clock per step, after warm-up; each step ends by reading the sampled ids (a device sync)",
+        "timing": "*_ms: host wall clock per step after warm-up, each step ending by reading the sampled ids (a device sync); *_gpu_ms: CUDA events around the step's device work",
     }))
+}
+
+/// The device time of the backend's last step (CUDA events), when it measures one.
+fn gpu_step_ms(b: &dyn Backend) -> Option<f64> {
+    b.counters().into_iter().find(|(k, _)| *k == "last_step_gpu_ns").map(|(_, v)| v as f64 / 1e6)
 }
 
 /// The directory of a random-weight model of `preset`, generated on first use.

@@ -72,6 +72,7 @@ impl CudaBackend {
         // The plan of the whole width bucket: the same launch grid for every step of it.
         let launch = Launch { max_context_len: key.table_width * BLOCK_SIZE, ..Launch::of(&inputs) };
         self.upload(&inputs)?;
+        self.timer.start(&self.stream)?;
         let replayed = match self.graphs.graphs.get(&key) {
             Some(g) if graphs => {
                 g.0.launch().map_err(dev("replaying a decode graph"))?;
@@ -83,16 +84,20 @@ impl CudaBackend {
         if !replayed {
             // Eager first (this step's results, and the GEMM plans of the shape), then capture.
             self.forward(&launch, &inputs.sample_rows)?;
-            if graphs {
-                self.capture(key, &launch, &inputs.sample_rows)?;
-            }
+        }
+        // Before any capture: an event recorded under capture would become a graph node.
+        self.timer.end(&self.stream)?;
+        if !replayed && graphs {
+            self.capture(key, &launch, &inputs.sample_rows)?;
         }
         if real_rows == 0 {
             // Warm-up: nothing to read back, but its errors must surface here.
             self.stream.synchronize().map_err(dev("warm-up step"))?;
             return Ok(Vec::new());
         }
-        self.read_samples(&inputs, real_rows)
+        let out = self.read_samples(&inputs, real_rows)?;
+        self.timer.collect()?;
+        Ok(out)
     }
 
     /// Runs one all-padding decode step of every batch bucket the buffers allow, so that

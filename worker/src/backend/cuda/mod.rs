@@ -7,6 +7,7 @@ mod buffers;
 mod forward;
 mod gemm;
 mod graphs;
+mod timer;
 mod weights;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use self::buffers::{StepBuffers, StepInputs};
 use self::forward::Launch;
 use self::gemm::Gemm;
 use self::graphs::GraphCache;
+use self::timer::StepTimer;
 use self::weights::{GpuWeights, upload_weights};
 use super::cuda_graph_plan::graph_key;
 use super::cuda_plan::{self, StepCapacity, TOP_LOGPROBS_STRIDE};
@@ -75,6 +77,7 @@ pub struct CudaBackend {
     cap: StepCapacity,
     info: BackendInfo,
     use_graphs: bool,
+    timer: StepTimer,
 }
 
 /// Checks libcuda can be loaded and the device exists, without panicking (cudarc panics
@@ -172,6 +175,7 @@ impl CudaBackend {
             cuda_graphs = cfg.cuda_graphs,
             "CUDA backend ready"
         );
+        let timer = StepTimer::new(&ctx)?;
         Ok(CudaBackend {
             _ctx: ctx,
             stream,
@@ -189,6 +193,7 @@ impl CudaBackend {
             info,
             use_graphs: cfg.cuda_graphs,
             graphs: GraphCache::default(),
+            timer,
         })
     }
 
@@ -206,8 +211,12 @@ impl CudaBackend {
         }
         let inputs = StepInputs::build(batch, &self.cap, 1)?;
         self.upload(&inputs)?;
+        self.timer.start(&self.stream)?;
         self.forward(&Launch::of(&inputs), &inputs.sample_rows)?;
-        self.read_samples(&inputs, inputs.sample_rows.len())
+        self.timer.end(&self.stream)?;
+        let out = self.read_samples(&inputs, inputs.sample_rows.len())?;
+        self.timer.collect()?;
+        Ok(out)
     }
 
     /// Copies a step's inputs into the step buffers (drops the captured graphs when a
@@ -266,6 +275,9 @@ impl Backend for CudaBackend {
             ("graph_captures", self.graphs.captures),
             ("graph_replays", self.graphs.replays),
             ("graphs_held", self.graphs.len() as u64),
+            ("last_step_gpu_ns", self.timer.last_ns),
+            ("gpu_ns_total", self.timer.total_ns),
+            ("timed_steps", self.timer.steps),
         ]
     }
 }
