@@ -146,6 +146,22 @@ for f in sorted(out.glob("*.json")):
     except ValueError:
         allres[f.stem] = {"unparsable": f.read_text()[:2000]}
 (out / "all.json").write_text(json.dumps(allres, indent=1))
+# The short table: each decode figure against its floor (weights + KV read once per step at
+# the measured copy rate; Minitron-4B: 8.24 GB of weights, 128 KiB of KV per token).
+bw = allres.get("bandwidth", {}).get("d2d_copy_gb_per_s")
+rows = []
+for name, r in sorted(allres.items()):
+    if not name.startswith("speed-") or "decode_step_ms" not in r:
+        continue
+    b, ctx = r.get("batch", 1), r.get("prompt_len", 0) + r.get("gen_len", 0) // 2
+    floor_ms = (8.24e9 + b * ctx * 131072) / (bw * 1e9) * 1e3 if bw else None
+    gpu = r.get("decode_gpu_ms")
+    frac = f"{floor_ms / r['decode_step_ms']:.0%}" if floor_ms else "?"
+    rows.append(f"{name:28s} decode {r['decode_step_ms']:8.3f} ms (gpu {gpu if gpu is None else round(gpu, 3)}) "
+                f"floor {floor_ms and round(floor_ms, 3)} ms = {frac}; prefill {r.get('prefill_ms', 0):8.1f} ms; "
+                f"graphs={r.get('cuda_graphs')} {r.get('backend_counters', {})}")
+if rows:
+    print("\n".join(rows))
 PY
 ls -la "$OUT"
 exit $status
