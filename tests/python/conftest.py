@@ -33,10 +33,26 @@ subprocess.run(
 sys.path.insert(0, str(_GEN))
 
 
+# Listen ports come from below the kernel's ephemeral range (32768+ here): a port found
+# free there and handed to a server a moment later cannot meanwhile become the source port
+# of one of the many client connections the tests open (which happened under the overload
+# test: "Address already in use"). Each pytest process walks its own stretch of the range.
+_PORT_LO, _PORT_HI = 20000, 32000
+_next_port = _PORT_LO + (os.getpid() * 97) % (_PORT_HI - _PORT_LO)
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    global _next_port
+    for _ in range(_PORT_HI - _PORT_LO):
+        port = _next_port
+        _next_port = _PORT_LO + (_next_port + 1 - _PORT_LO) % (_PORT_HI - _PORT_LO)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def binary(name):
