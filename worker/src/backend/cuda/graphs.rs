@@ -87,8 +87,15 @@ impl CudaBackend {
         }
         // Before any capture: an event recorded under capture would become a graph node.
         self.timer.end(&self.stream)?;
-        if !replayed && graphs {
-            self.capture(key, &launch, &inputs.sample_rows)?;
+        if !replayed
+            && graphs
+            && let Err(e) = self.capture(key, &launch, &inputs.sample_rows)
+        {
+            // This step's results are already computed (eagerly); serving goes on without
+            // graphs rather than failing requests over an optimisation.
+            tracing::warn!(error = %e, "CUDA-graph capture failed: decode steps run eagerly from now on");
+            self.graphs.clear();
+            self.use_graphs = false;
         }
         if real_rows == 0 {
             // Warm-up: nothing to read back, but its errors must surface here.

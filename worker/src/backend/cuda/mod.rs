@@ -130,7 +130,10 @@ impl CudaBackend {
         // One stream: cudarc's cross-stream event tracking would only add overhead.
         // SAFETY: this backend never uses a second stream.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own, not cudarc's default (the legacy NULL stream): CUDA-graph
+        // capture is refused on the NULL stream, and a non-blocking stream is not serialised
+        // against other users of the context either.
+        let stream = ctx.new_stream().map_err(dev("creating the CUDA stream"))?;
         let mc = model.config.clone();
         let shape = AttnShape { num_heads: mc.num_heads, num_kv_heads: mc.num_kv_heads, head_dim: mc.head_dim };
         shape.check_attention("cuda backend").map_err(kern)?;
