@@ -74,6 +74,9 @@ scrape_configs:
         wanted = {
             "vllm:num_requests_running": lambda v: v >= 0,
             "vllm:num_requests_waiting": lambda v: v >= 0,
+            # vLLM's model_name label, which endpoint pickers may select on.
+            'vllm:num_requests_waiting{model_name=~".+"}': lambda v: v >= 0,
+            'vllm:kv_cache_usage_perc{model_name=~".+"}': lambda v: 0 <= v <= 1,
             "vllm:kv_cache_usage_perc": lambda v: 0 <= v <= 1,
             'vllm:cache_config_info{block_size="16",num_gpu_blocks="256"}': lambda v: v == 1,
             "tokenfleet_worker_generation_tokens_total": lambda v: v >= 32,

@@ -149,7 +149,7 @@ async fn serve(a: WorkerConfig) -> anyhow::Result<()> {
     let core = EngineCore::new(Scheduler::new(sched_cfg, kv_blocks), backend);
     let (handle, engine_thread) = EngineHandle::spawn(core, a.max_waiting.max(1) + 64).context("starting the engine thread")?;
     if let Some(addr) = a.metrics_listen {
-        let (metrics, registry) = WorkerMetrics::register(handle.clone(), kv_blocks, crate::backend::BLOCK_SIZE);
+        let (metrics, registry) = WorkerMetrics::register(handle.clone(), kv_blocks, crate::backend::BLOCK_SIZE, &model.id);
         let m = metrics.clone();
         let _ = handle.shared.step_observer.set(Box::new(move |seqs, secs| m.observe_step(seqs, secs)));
         let bound = metrics_http::serve(addr, Arc::new(registry), metrics).await.with_context(|| format!("binding metrics port {addr}"))?;

@@ -14,6 +14,13 @@ use tokenfleet_proto::runtime::metrics_http::Collect;
 
 use crate::engine::EngineHandle;
 
+/// vLLM labels its request and KV gauges with the served model's name; endpoint pickers
+/// (Gateway API Inference Extension, llm-d) may select series by it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabel {
+    model_name: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheConfigLabels {
     block_size: String,
@@ -58,9 +65,23 @@ pub struct WorkerMetrics {
     vllm_kv_usage: Gauge<f64, AtomicU64>,
 }
 
+/// One gauge of a labelled family: the family is what gets registered, the gauge is set.
+fn labelled<G: Clone + Default + prometheus_client::metrics::TypedMetric + prometheus_client::encoding::EncodeMetric>(
+    label: &ModelLabel,
+) -> (Family<ModelLabel, G>, G) {
+    let family: Family<ModelLabel, G> = Family::default();
+    let gauge = family.get_or_create(label).clone();
+    (family, gauge)
+}
+
 impl WorkerMetrics {
-    /// Registers everything; `kv_blocks` feeds `vllm:cache_config_info`.
-    pub fn register(handle: EngineHandle, kv_blocks: usize, block_size: usize) -> (Arc<Self>, Registry) {
+    /// Registers everything; `kv_blocks` feeds `vllm:cache_config_info`, `model_name` labels
+    /// the `vllm:*` request and KV gauges.
+    pub fn register(handle: EngineHandle, kv_blocks: usize, block_size: usize, model_name: &str) -> (Arc<Self>, Registry) {
+        let label = ModelLabel { model_name: model_name.to_string() };
+        let (waiting_family, vllm_waiting) = labelled::<Gauge>(&label);
+        let (running_family, vllm_running) = labelled::<Gauge>(&label);
+        let (kv_family, vllm_kv_usage) = labelled::<Gauge<f64, AtomicU64>>(&label);
         let m = Arc::new(WorkerMetrics {
             handle,
             waiting: Gauge::default(),
@@ -78,9 +99,9 @@ impl WorkerMetrics {
             prefix_hit_tokens: Mirror::default(),
             step_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
-            vllm_waiting: Gauge::default(),
-            vllm_running: Gauge::default(),
-            vllm_kv_usage: Gauge::default(),
+            vllm_waiting,
+            vllm_running,
+            vllm_kv_usage,
         });
         let mut root = Registry::default();
         {
@@ -109,13 +130,9 @@ impl WorkerMetrics {
             r.register("step_duration_seconds", "Engine step wall time", m.step_seconds.clone());
             r.register("batch_size_sequences", "Sequences per engine step", m.batch_size.clone());
         }
-        root.register("vllm:num_requests_waiting", "Number of requests waiting to be processed (vLLM-compatible)", m.vllm_waiting.clone());
-        root.register(
-            "vllm:num_requests_running",
-            "Number of requests in model execution batches (vLLM-compatible)",
-            m.vllm_running.clone(),
-        );
-        root.register("vllm:kv_cache_usage_perc", "KV-cache usage, 1 = 100% (vLLM-compatible)", m.vllm_kv_usage.clone());
+        root.register("vllm:num_requests_waiting", "Number of requests waiting to be processed (vLLM-compatible)", waiting_family);
+        root.register("vllm:num_requests_running", "Number of requests in model execution batches (vLLM-compatible)", running_family);
+        root.register("vllm:kv_cache_usage_perc", "KV-cache usage, 1 = 100% (vLLM-compatible)", kv_family);
         let info: Family<CacheConfigLabels, Gauge> = Family::default();
         info.get_or_create(&CacheConfigLabels { block_size: block_size.to_string(), num_gpu_blocks: kv_blocks.to_string() }).set(1);
         root.register("vllm:cache_config_info", "Information of the KV cache configuration (vLLM-compatible)", info);
