@@ -5,7 +5,7 @@
 # copied into dist/ (git-ignored). Carry `dist` with the call, then run e.g.
 #   scripts/gpu-check.sh kernels parity        # first call
 #   scripts/gpu-check.sh speed                 # second call
-#   scripts/gpu-check.sh serving               # third call, if time is left
+#   scripts/gpu-check.sh speed2 / serving      # further calls, if time is left
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

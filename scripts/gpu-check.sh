@@ -4,7 +4,8 @@
 #
 #   scripts/gpu-check.sh kernels   # nvidia-smi, D2D bandwidth, every kernel vs its CPU reference (~1 min)
 #   scripts/gpu-check.sh parity    # CUDA backend vs CPU backend and vs transformers bf16; 16 concurrent = alone (~2 min)
-#   scripts/gpu-check.sh speed     # Minitron-4B shape: bs1 decode, prefill, batched decode; transformers peer (~3 min)
+#   scripts/gpu-check.sh speed     # Minitron-4B shape: bs1 decode (graphs and eager), prefill 2048, bs 8/32/64; transformers peer (~3 min)
+#   scripts/gpu-check.sh speed2    # separate call: bs1 at 4096 context, bs128, bs 8/32/64 at 2048 context, prefill 512/8192
 #   scripts/gpu-check.sh serving   # separate call: tokenfleet bench 1000-in/1000-out at concurrency 64 and 256 against serve --backend cuda
 #
 # The machine has no Rust and no network: scripts/build-gpu-bundle.sh builds the release
@@ -79,11 +80,20 @@ tier_speed() {
   bench prefill2048 --batch 1 --prompt-len 2048 --gen-len 4 --repeats 3
   python3 "$ROOT/scripts/gpu/hf_peer.py" "$MINI" "$OUT/speed-transformers-bs1.json" --prompt-len 512 --new 64 || status=1
   for b in 32 64 8; do bench "bs$b-ctx512" --batch "$b" --prompt-len 512 --gen-len 32 --repeats 1 "${G[@]}"; done
+}
+
+# `speed2` (its own call: speed alone fills most of one 5-minute call): longer contexts,
+# the other prefill lengths, the largest batch.
+tier_speed2() {
+  log "speed2"
+  MINI="$(gen minitron-4b minitron-4b)" || { status=1; return; }
+  [[ -f "$OUT/bandwidth.json" ]] || "$BIN" gpu-selftest bandwidth --out "$OUT/bandwidth.json" >/dev/null
+  local G=(--cuda-graphs true)
   bench bs1-ctx4096 --batch 1 --prompt-len 4096 --gen-len 64 --repeats 2 "${G[@]}"
-  bench prefill512 --batch 1 --prompt-len 512 --gen-len 4 --repeats 3
-  bench prefill8192 --batch 1 --prompt-len 8192 --gen-len 4 --repeats 2
   bench bs128-ctx512 --batch 128 --prompt-len 512 --gen-len 32 --repeats 1 "${G[@]}"
   for b in 8 32 64; do bench "bs$b-ctx2048" --batch "$b" --prompt-len 2048 --gen-len 32 --repeats 1 "${G[@]}"; done
+  bench prefill512 --batch 1 --prompt-len 512 --gen-len 4 --repeats 3
+  bench prefill8192 --batch 1 --prompt-len 8192 --gen-len 4 --repeats 2
 }
 
 # `serving`: the worker as users run it, driven by `tokenfleet bench` (vLLM's definitions),
@@ -126,10 +136,11 @@ for t in "$@"; do
     kernels) tier_kernels ;;
     parity) tier_parity ;;
     speed) tier_speed ;;
+    speed2) tier_speed2 ;;
     peer) tier_peer ;;
     serving) tier_serving ;;
     all) tier_kernels; tier_parity; tier_speed ;;
-    *) echo "gpu-check: unknown tier $t (kernels, parity, speed, peer, serving)" >&2; exit 2 ;;
+    *) echo "gpu-check: unknown tier $t (kernels, parity, speed, speed2, peer, serving)" >&2; exit 2 ;;
   esac
 done
 log "done (status $status); results in $OUT"
