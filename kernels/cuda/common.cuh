@@ -63,4 +63,13 @@ TF_DEV float block_sum(float v, float* scratch) {
   return t;
 }
 
+// A 32-bit key monotone in the float value, NaN lowest and −0 = +0: "ranks before" in the
+// sampler is (key desc, id asc), exactly the CPU's `ranks_before`.
+TF_DEV unsigned order_key(float v) {
+  if (v != v) return 0u;  // NaN ranks last
+  if (v == 0.f) v = 0.f;  // −0 ties with +0
+  const unsigned b = __float_as_uint(v);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
 }  // namespace tf

@@ -3,7 +3,8 @@
 // suppression, temperature (0 ⇒ argmax, ties to the lowest id), top-k, top-p, min-p, then
 // the Philox4x32-10 keyed exponential race. Only ids and logprobs leave the device.
 //
-// The raw statistics every row needs (max, Σ exp, argmax) come from tf_sample_stats, which
+// The raw statistics every row needs (max, Σ exp, argmax) come from tf_sample_stats
+// (sampling_stats.cu), which
 // splits each row over many blocks (a single block per row streams the 128k–256k logits at
 // a few GB/s: latency-bound); tf_sample merges its per-chunk partials, so a greedy row never
 // reads its logits again. The rest runs in one block of 512 threads per row. Orderings use a 32-bit key that is monotone in the
@@ -24,12 +25,6 @@ namespace {
 
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
-// tf_sample_stats: 256 threads × 16 logits per block (must match SAMPLE_STATS_CHUNK in
-// kernels/src/shapes.rs).
-constexpr int kStatThreads = 256;
-constexpr int kStatPer = 16;
-constexpr int kStatChunk = kStatThreads * kStatPer;
-static_assert(kStatChunk == 4096, "SAMPLE_STATS_CHUNK");
 constexpr int kMaxTop = 20;  // top logprobs per row (the API's limit)
 // Relative width of the band of f32 race scores re-scored exactly in f64: orders of
 // magnitude above the f32 scores' error (≈ 1e-6 relative) and still only a few ids wide.
@@ -60,12 +55,7 @@ struct Shared {
   int top_id[kMaxTop];
 };
 
-TF_DEV unsigned order_key(float v) {
-  if (v != v) return 0u;  // NaN ranks last
-  if (v == 0.f) v = 0.f;  // −0 ties with +0
-  const unsigned b = __float_as_uint(v);
-  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
+using tf::order_key;
 TF_DEV float key_value(unsigned k) { return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k); }
 
 // ---- block reductions (block-uniform calls; each ends with a barrier) ----
@@ -397,84 +387,7 @@ TF_DEV int draw(const float* w, int vocab, const SampleParams& p, Shared& sh) {
   return bi == INT_MAX ? 0 : bi;  // empty candidate set (min_p > 1): the CPU returns 0
 }
 
-// Argmax key of logit `v` at id `i`: larger is better, ties to the lower id.
-TF_DEV unsigned long long arg_key(float v, int i) {
-  return ((unsigned long long)order_key(v) << 32) | (0xffffffffu - (unsigned)i);
-}
-
 }  // namespace
-
-// grid = (⌈vocab / 4096⌉, rows), block = 256. Per (row, chunk of 4096 ids): the max over
-// non-NaN logits (−inf when none), Σ exp(v − that max) over non-NaN v (f32 subtraction and
-// accurate expf per term, f64 sum, in a fixed order), and the best argmax key (NaN ranks
-// last, ties to the lower id). Each thread keeps its 16 loads in flight at once.
-extern "C" __global__ void __launch_bounds__(kStatThreads)
-tf_sample_stats(const float* __restrict__ logits, long long logits_stride, int vocab, float* __restrict__ part_max,
-                double* __restrict__ part_sum, unsigned long long* __restrict__ part_arg) {
-  __shared__ float red_f[kStatThreads / 32];
-  __shared__ double red_d[kStatThreads / 32];
-  __shared__ unsigned long long red_u[kStatThreads / 32];
-  const int row = blockIdx.y, chunk = blockIdx.x;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const float* raw = logits + (size_t)row * logits_stride;
-  const int base = chunk * kStatChunk + threadIdx.x;
-  float v[kStatPer];
-#pragma unroll
-  for (int j = 0; j < kStatPer; ++j) {
-    const int i = base + j * kStatThreads;
-    v[j] = i < vocab ? raw[i] : 0.f;
-  }
-  float m = -INFINITY;
-  unsigned long long best = 0;
-#pragma unroll
-  for (int j = 0; j < kStatPer; ++j) {
-    const int i = base + j * kStatThreads;
-    if (i < vocab) {
-      m = fmaxf(m, v[j]);  // fmaxf skips NaN
-      const unsigned long long c = arg_key(v[j], i);
-      best = c > best ? c : best;
-    }
-  }
-  m = tf::warp_max(m);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const unsigned long long t = __shfl_xor_sync(0xffffffffu, best, o);
-    best = t > best ? t : best;
-  }
-  if (lane == 0) {
-    red_f[warp] = m;
-    red_u[warp] = best;
-  }
-  __syncthreads();
-  m = -INFINITY;
-  best = 0;
-#pragma unroll
-  for (int w = 0; w < kStatThreads / 32; ++w) {
-    m = fmaxf(m, red_f[w]);
-    best = red_u[w] > best ? red_u[w] : best;
-  }
-  double s = 0.0;
-  if (m != -INFINITY) {
-#pragma unroll
-    for (int j = 0; j < kStatPer; ++j) {
-      const int i = base + j * kStatThreads;
-      if (i < vocab && v[j] == v[j]) s += (double)expf(__fsub_rn(v[j], m));
-    }
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  if (lane == 0) red_d[warp] = s;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double total = 0.0;
-#pragma unroll
-    for (int w = 0; w < kStatThreads / 32; ++w) total += red_d[w];
-    const size_t at = (size_t)row * gridDim.x + chunk;
-    part_max[at] = m;
-    part_sum[at] = total;
-    part_arg[at] = best;
-  }
-}
 
 // grid = rows, block = 512. logits [rows, logits_stride] f32 (first `vocab` columns used);
 // params [rows]; penalties CSR: pen_offsets [rows + 1], pen_ids / pen_counts [pen_nnz] (ids

@@ -130,7 +130,7 @@ impl Kernels {
             decode: [decode_row(64)?, decode_row(128)?],
             decode_merge: [get("attention_decode", "tf_attn_decode_merge_hd64")?, get("attention_decode", "tf_attn_decode_merge_hd128")?],
             sample: get("sampling", "tf_sample")?,
-            sample_stats: get("sampling", "tf_sample_stats")?,
+            sample_stats: get("sampling_stats", "tf_sample_stats")?,
             gemv: [gemv_row("bf16")?, gemv_row("f32")?, gemv_row("silu")?],
         };
         Ok(Kernels { ctx: ctx.clone(), f, image, compute_capability: (major, minor), num_sms: num_sms.max(1) as usize, _modules: modules })
