@@ -7,7 +7,7 @@
 #   3. hadolint passes on every deploy/docker/*.Dockerfile.
 # The cross-checks between manifests, configs and Dockerfiles (ports, probes, grace periods,
 # discovery, names, selectors, the images' ENTRYPOINT/CMD run against the built binaries)
-# are tests/python/test_deploy.py, which calls `scripts/check-deploy.sh --render`.
+# are tests/python/test_deploy_manifests.py and test_deploy_images.py, which call `scripts/check-deploy.sh --render`.
 #
 #   scripts/check-deploy.sh            all checks
 #   scripts/check-deploy.sh --render   install the tools, render the overlays into

@@ -6,7 +6,6 @@ Binaries come from $TOKENFLEET_BIN_DIR (default: target/debug). Models are gener
 """
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -173,3 +172,11 @@ def pb():
     from tokenfleet.v1 import common_pb2, text_generation_pb2, text_generation_pb2_grpc, worker_pb2, worker_pb2_grpc
 
     return common_pb2, worker_pb2, worker_pb2_grpc, text_generation_pb2, text_generation_pb2_grpc
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    """The kustomize overlays of deploy/, rendered (see deploy_render.py)."""
+    from deploy_render import render_overlays
+
+    return render_overlays()
