@@ -14,9 +14,8 @@ use tokenfleet_worker::backend::cpu::CpuBackend;
 use tokenfleet_worker::backend::cuda_graph_plan::{graph_key, pad_decode};
 use tokenfleet_worker::backend::cuda_plan::StepCapacity;
 use tokenfleet_worker::backend::{Backend, BackendError, BackendInfo, StepBatch};
+use tokenfleet_worker::engine::EngineCore;
 use tokenfleet_worker::engine::sampler::{Sampled, SamplingConfig};
-use tokenfleet_worker::engine::scheduler::SchedulerConfig;
-use tokenfleet_worker::engine::{EngineCore, Scheduler};
 use tokenfleet_worker::model::Model;
 
 /// A CPU backend run the way the CUDA backend runs graph steps: one pool block more than
@@ -54,18 +53,10 @@ impl Backend for Padded {
 }
 
 fn padded_engine(model: &Model, blocks: usize, budget: usize, running: usize) -> (EngineCore, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-    let cfg = SchedulerConfig {
-        max_batch_tokens: budget,
-        max_running: running,
-        max_waiting: 1024,
-        max_context: model.config.max_position_embeddings,
-        eos_token_ids: model.config.eos_token_ids.clone(),
-        block_hash_seed: model.block_hash_seed(),
-    };
     let (steps, rows) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let cap = StepCapacity { max_tokens: budget, max_seqs: running, max_context: model.config.max_position_embeddings };
     let backend = Padded { inner: CpuBackend::new(model, blocks + 1), blocks, cap, padded_steps: steps.clone(), dummy_rows: rows.clone() };
-    (EngineCore::new(Scheduler::new(cfg, blocks), Box::new(backend)), steps, rows)
+    (engine_with(model, blocks, budget, running, Box::new(backend)), steps, rows)
 }
 
 #[test]

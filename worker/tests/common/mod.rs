@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use tokenfleet_worker::backend::Backend;
 use tokenfleet_worker::backend::cpu::CpuBackend;
 use tokenfleet_worker::engine::request::EngineRequest;
 use tokenfleet_worker::engine::sampler::{Sampled, SamplingConfig};
@@ -62,6 +63,11 @@ pub fn request(id: &str, prompt: Vec<u32>, sampling: SamplingConfig, seed: u64, 
 }
 
 pub fn engine(model: &Model, kv_blocks: usize, max_batch_tokens: usize, max_running: usize) -> EngineCore {
+    engine_with(model, kv_blocks, max_batch_tokens, max_running, Box::new(CpuBackend::new(model, kv_blocks)))
+}
+
+/// [`engine`] over any backend (one that sees `kv_blocks` blocks).
+pub fn engine_with(model: &Model, kv_blocks: usize, max_batch_tokens: usize, max_running: usize, backend: Box<dyn Backend>) -> EngineCore {
     let cfg = SchedulerConfig {
         max_batch_tokens,
         max_running,
@@ -70,7 +76,7 @@ pub fn engine(model: &Model, kv_blocks: usize, max_batch_tokens: usize, max_runn
         eos_token_ids: model.config.eos_token_ids.clone(),
         block_hash_seed: model.block_hash_seed(),
     };
-    EngineCore::new(Scheduler::new(cfg, kv_blocks), Box::new(CpuBackend::new(model, kv_blocks)))
+    EngineCore::new(Scheduler::new(cfg, kv_blocks), backend)
 }
 
 #[derive(Debug, Clone, PartialEq)]
