@@ -49,7 +49,7 @@ impl CudaBackend {
         let shape = self.shape();
         let qw = shape.qkv_width();
         let attn_w = c.num_heads * c.head_dim;
-        let cache = KvCacheShape { num_blocks: self.pool_blocks, num_kv_heads: c.num_kv_heads, head_dim: c.head_dim };
+        let cache = KvCacheShape { num_blocks: self.pool_blocks(), num_kv_heads: c.num_kv_heads, head_dim: c.head_dim };
         let s = &self.stream;
         let b = &mut self.bufs;
         let k = &self.k;

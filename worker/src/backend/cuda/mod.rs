@@ -69,11 +69,9 @@ pub struct CudaBackend {
     v_cache: Vec<CudaSlice<bf16>>,
     inv_freq: CudaSlice<f32>,
     bufs: StepBuffers,
-    /// KV blocks the engine allocates from.
+    /// KV blocks the engine allocates from; the device pool has one more, the padding block
+    /// (id `num_blocks`) that the dummy rows of a padded decode graph write to.
     num_blocks: usize,
-    /// Blocks in the device pool: the engine's plus one padding block (id `num_blocks`)
-    /// that the dummy rows of a padded decode graph write to.
-    pool_blocks: usize,
     cap: StepCapacity,
     info: BackendInfo,
     use_graphs: bool,
@@ -191,13 +189,17 @@ impl CudaBackend {
             inv_freq,
             bufs,
             num_blocks,
-            pool_blocks,
             cap: cfg.capacity,
             info,
             use_graphs: cfg.cuda_graphs,
             graphs: GraphCache::default(),
             timer,
         })
+    }
+
+    /// Blocks in the device pool: the engine's plus the padding block.
+    fn pool_blocks(&self) -> usize {
+        self.num_blocks + 1
     }
 
     fn shape(&self) -> AttnShape {
