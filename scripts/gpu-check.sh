@@ -68,10 +68,15 @@ bench() { # bench NAME ARGS...
   cat "$OUT/speed-$name.json"
 }
 
+# The full-shape model and the copy rate every speed figure is measured against.
+speed_setup() {
+  MINI="$(gen minitron-4b minitron-4b)" || return 1
+  [[ -f "$OUT/bandwidth.json" ]] || "$BIN" gpu-selftest bandwidth --out "$OUT/bandwidth.json" >/dev/null
+}
+
 tier_speed() {
   log "speed"
-  MINI="$(gen minitron-4b minitron-4b)" || { status=1; return; }
-  [[ -f "$OUT/bandwidth.json" ]] || "$BIN" gpu-selftest bandwidth --out "$OUT/bandwidth.json" >/dev/null
+  speed_setup || { status=1; return; }
   # Most important first: a run cut short by its time limit keeps what it finished. Decode
   # runs with CUDA graphs, and bs1 also without them (the graphs' own gain, same run).
   local G=(--cuda-graphs true)
@@ -86,8 +91,7 @@ tier_speed() {
 # the other prefill lengths, the largest batch.
 tier_speed2() {
   log "speed2"
-  MINI="$(gen minitron-4b minitron-4b)" || { status=1; return; }
-  [[ -f "$OUT/bandwidth.json" ]] || "$BIN" gpu-selftest bandwidth --out "$OUT/bandwidth.json" >/dev/null
+  speed_setup || { status=1; return; }
   local G=(--cuda-graphs true)
   bench bs1-ctx4096 --batch 1 --prompt-len 4096 --gen-len 64 --repeats 2 "${G[@]}"
   bench bs128-ctx512 --batch 128 --prompt-len 512 --gen-len 32 --repeats 1 "${G[@]}"
