@@ -4,7 +4,7 @@
 #
 #   scripts/gpu-check.sh kernels   # nvidia-smi, D2D bandwidth, every kernel vs its CPU reference (~1 min)
 #   scripts/gpu-check.sh parity    # CUDA backend vs CPU backend and vs transformers bf16; 16 concurrent = alone (~2 min)
-#   scripts/gpu-check.sh speed     # Minitron-4B shape: bs1 decode (graphs and eager), prefill 2048, bs 8/32/64; transformers peer (~3 min)
+#   scripts/gpu-check.sh speed     # Minitron-4B shape: bs1 decode (graphs, graphs + overlap, eager), prefill 2048, bs 8/32/64 (+ bs64 overlap); transformers peer (~3 min)
 #   scripts/gpu-check.sh speed2    # separate call: bs1 at 4096 context, bs128, bs 8/32/64 at 2048 context, prefill 512/8192
 #   scripts/gpu-check.sh serving   # separate call: tokenfleet bench 1000-in/1000-out at concurrency 64 and 256 against serve --backend cuda
 #
@@ -81,10 +81,13 @@ tier_speed() {
   # runs with CUDA graphs, and bs1 also without them (the graphs' own gain, same run).
   local G=(--cuda-graphs true)
   bench bs1-ctx512 --batch 1 --prompt-len 512 --gen-len 64 --repeats 3 "${G[@]}"
+  # Step n+1 queued (tokens fed on the device) before step n is read back.
+  bench bs1-ctx512-overlap --batch 1 --prompt-len 512 --gen-len 64 --repeats 1 "${G[@]}" --overlap true
   bench bs1-ctx512-eager --batch 1 --prompt-len 512 --gen-len 64 --repeats 3
   bench prefill2048 --batch 1 --prompt-len 2048 --gen-len 4 --repeats 3
   python3 "$ROOT/scripts/gpu/hf_peer.py" "$MINI" "$OUT/speed-transformers-bs1.json" --prompt-len 512 --new 64 || status=1
   for b in 32 64 8; do bench "bs$b-ctx512" --batch "$b" --prompt-len 512 --gen-len 32 --repeats 1 "${G[@]}"; done
+  bench bs64-ctx512-overlap --batch 64 --prompt-len 512 --gen-len 32 --repeats 1 "${G[@]}" --overlap true
 }
 
 # `speed2` (its own call: speed alone fills most of one 5-minute call): longer contexts,
@@ -103,8 +106,10 @@ tier_speed2() {
 # `serving`: the worker as users run it, driven by `tokenfleet bench` (vLLM's definitions),
 # 1000-in/1000-out at concurrency 64 and 256.
 SERVE_FRACTION="${SERVE_FRACTION:-0.95}"
+# Overlapped steps (set SERVE_OVERLAP=false if the parity tier's overlap check failed).
+SERVE_OVERLAP="${SERVE_OVERLAP:-true}"
 tier_serving() {
-  log "serving (--gpu-memory-fraction $SERVE_FRACTION)"
+  log "serving (--gpu-memory-fraction $SERVE_FRACTION, --overlap-steps $SERVE_OVERLAP)"
   local cli="${TOKENFLEET_CLI_BIN:-}"
   if [[ -z "$cli" ]]; then
     for c in "$(dirname "$BIN")/tokenfleet" "$ROOT/target/release/tokenfleet"; do [[ -x "$c" ]] && { cli="$c"; break; }; done
@@ -113,7 +118,7 @@ tier_serving() {
   MINI="$(gen minitron-4b minitron-4b)" || { status=1; return; }
   local port=50961 log="$OUT/serving-worker.log"
   "$BIN" serve --backend cuda --model "$MINI" --listen "127.0.0.1:$port" --gpu-memory-fraction "$SERVE_FRACTION" \
-    --max-running 256 --max-batch-tokens 8192 --max-waiting 1024 --max-model-len 2048 --cuda-graphs true >"$log" 2>&1 &
+    --max-running 256 --max-batch-tokens 8192 --max-waiting 1024 --max-model-len 2048 --cuda-graphs true --overlap-steps "$SERVE_OVERLAP" >"$log" 2>&1 &
   local pid=$!
   for _ in $(seq 240); do grep -q SERVING "$log" && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
   grep -q SERVING "$log" || { echo "gpu-check: the worker did not reach SERVING" >&2; tail -20 "$log" >&2; kill "$pid" 2>/dev/null; status=1; return; }
@@ -174,7 +179,7 @@ for name, r in sorted(allres.items()):
     frac = f"{floor_ms / r['decode_step_ms']:.0%}" if floor_ms else "?"
     rows.append(f"{name:28s} decode {r['decode_step_ms']:8.3f} ms (gpu {gpu if gpu is None else round(gpu, 3)}) "
                 f"floor {floor_ms and round(floor_ms, 3)} ms = {frac}; prefill {r.get('prefill_ms', 0):8.1f} ms; "
-                f"graphs={r.get('cuda_graphs')} {r.get('backend_counters', {})}")
+                f"graphs={r.get('cuda_graphs')} overlap={r.get('overlap')} {r.get('backend_counters', {})}")
 if rows:
     print("\n".join(rows))
 PY

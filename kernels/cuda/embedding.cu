@@ -23,3 +23,18 @@ tf_embedding_gather(const int* __restrict__ ids, int num_tokens, const __nv_bflo
   dst[0] = make_float4(f[0], f[1], f[2], f[3]);
   dst[1] = make_float4(f[4], f[5], f[6], f[7]);
 }
+
+// Fed tokens of a step planned ahead: ids[feed[2k]] = sampled[feed[2k + 1]] for k < n, the
+// ids the previous step's sampler drew (still in its output buffer: this step's sampler runs
+// later in the same stream). grid = ceil(n / 128), block = 128. Entries outside either array
+// are skipped (the launcher checks the lengths; the values come from the host).
+extern "C" __global__ void __launch_bounds__(128)
+tf_feed_tokens(int* __restrict__ ids, int num_tokens, const int* __restrict__ sampled, int num_sampled,
+               const int* __restrict__ feed, int n) {
+  const int k = blockIdx.x * blockDim.x + threadIdx.x;
+  if (k >= n) return;
+  const int dst = feed[2 * k];
+  const int src = feed[2 * k + 1];
+  if (dst < 0 || dst >= num_tokens || src < 0 || src >= num_sampled) return;
+  ids[dst] = sampled[src];
+}

@@ -23,6 +23,7 @@ pub(crate) const DECODE_TILES: [usize; 5] = [1, 2, 3, 4, 8];
 /// Every kernel entry point, loaded once.
 pub(crate) struct Functions {
     pub embedding: CudaFunction,
+    pub feed_tokens: CudaFunction,
     pub rmsnorm: CudaFunction,
     pub add_rmsnorm: CudaFunction,
     pub rope_kv: CudaFunction,
@@ -122,6 +123,7 @@ impl Kernels {
         };
         let f = Functions {
             embedding: get("embedding", "tf_embedding_gather")?,
+            feed_tokens: get("embedding", "tf_feed_tokens")?,
             rmsnorm: get("rmsnorm", "tf_rmsnorm")?,
             add_rmsnorm: get("rmsnorm", "tf_add_rmsnorm")?,
             rope_kv: get("rope_kv", "tf_rope_kv_write")?,

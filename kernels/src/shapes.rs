@@ -17,7 +17,7 @@ pub const DECODE_MAX_PARTITION: usize = 512;
 const GRID_YZ_MAX: usize = 65_535;
 const I32_MAX: usize = i32::MAX as usize;
 
-fn ensure(op: &'static str, ok: bool, msg: impl FnOnce() -> String) -> Result<(), KernelError> {
+pub(crate) fn ensure(op: &'static str, ok: bool, msg: impl FnOnce() -> String) -> Result<(), KernelError> {
     if ok { Ok(()) } else { Err(KernelError::arg(op, msg())) }
 }
 

@@ -48,6 +48,9 @@ pub struct WorkerConfig {
     pub gpu_memory_fraction: f64,
     /// CUDA: replay decode steps from captured CUDA graphs.
     pub cuda_graphs: bool,
+    /// Plan each engine step while the previous one runs (its decode tokens fed on the
+    /// device); any backend, a gain only where steps run asynchronously (CUDA).
+    pub overlap_steps: bool,
     pub kv_blocks: Option<usize>,
     pub kv_cache_mib: usize,
     pub max_model_len: Option<usize>,
@@ -74,6 +77,7 @@ impl Default for WorkerConfig {
             device: 0,
             gpu_memory_fraction: 0.9,
             cuda_graphs: false,
+            overlap_steps: false,
             kv_blocks: None,
             kv_cache_mib: 1024,
             max_model_len: None,
@@ -131,6 +135,11 @@ pub struct ServeFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cuda_graphs: Option<bool>,
+    /// Plan each engine step while the previous one runs on the device (true|false)
+    /// [default false until a GPU run has measured it].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlap_steps: Option<bool>,
     /// KV cache blocks of 16 tokens (overrides the memory-based sizing).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -17,7 +17,7 @@ pub mod sampling;
 
 pub use activation::SiluMulArgs;
 pub use attention::{DecodeArgs, PagedKv, PrefillArgs};
-pub use embedding::EmbeddingArgs;
+pub use embedding::{EmbeddingArgs, FeedArgs};
 pub use gemv::{GemvArgs, GemvOut};
 pub use norm::{AddRmsNormArgs, RmsNormArgs};
 pub use rope::RopeKvArgs;

@@ -57,6 +57,10 @@ impl Default for SampleParams {
 // same field order and types as the CUDA struct, which static_asserts the same size).
 unsafe impl DeviceRepr for SampleParams {}
 
+// SAFETY: every field is a plain number, so the all-zero bit pattern is a valid value (the
+// backend stages rows in pinned host memory, which cudarc hands out only for such types).
+unsafe impl cudarc::driver::ValidAsZeroBits for SampleParams {}
+
 /// A sparse per-row list in CSR form: row r's entries are `[offsets[r], offsets[r+1])`.
 #[derive(Debug)]
 pub struct SparseRows<'a> {

@@ -1,11 +1,12 @@
-//! Self-test cases of the element-wise families: embedding, (add+)RMSNorm, SiLU·mul, RoPE+KV.
+//! Self-test cases of the element-wise families: embedding, fed tokens, (add+)RMSNorm,
+//! SiLU·mul, RoPE+KV.
 
 use half::bf16;
 
 use super::reference::{self, LLAMA31_SCALING};
 use super::{BF16_TOL, CaseResult, Tester, bf, compare, error_row, row};
 use crate::KernelError;
-use crate::ops::{AddRmsNormArgs, EmbeddingArgs, RmsNormArgs, RopeKvArgs, SiluMulArgs};
+use crate::ops::{AddRmsNormArgs, EmbeddingArgs, FeedArgs, RmsNormArgs, RopeKvArgs, SiluMulArgs};
 use crate::shapes::{AttnShape, BLOCK_SIZE, EmbeddingDims, KvCacheShape, NormDims, RopeDims, SiluDims};
 
 const TIMED: usize = 20;
@@ -14,6 +15,11 @@ pub(crate) fn run(t: &mut Tester<'_>) -> Result<(), KernelError> {
     for (tokens, vocab, hidden) in [(1, 1000, 3072), (17, 1000, 3072), (1000, 32_000, 3072), (15, 49_152, 576)] {
         let case = format!("t{tokens} v{vocab} h{hidden}");
         let r = embedding(t, tokens, vocab, hidden).unwrap_or_else(|e| error_row("embedding_gather", &case, &e));
+        t.push(r);
+    }
+    for (tokens, pairs) in [(1, 1), (64, 40), (300, 256)] {
+        let case = format!("t{tokens} pairs{pairs}");
+        let r = feed(t, tokens, pairs).unwrap_or_else(|e| error_row("feed_tokens", &case, &e));
         t.push(r);
     }
     for (rows, hidden) in [(1, 3072), (15, 3072), (64, 3072), (1000, 3072), (17, 576), (3, 8192)] {
@@ -44,6 +50,37 @@ pub(crate) fn run(t: &mut Tester<'_>) -> Result<(), KernelError> {
         t.push(r);
     }
     Ok(())
+}
+
+/// Fed tokens land exactly where the pairs say; every other id is untouched, and pairs
+/// out of range are skipped.
+fn feed(t: &mut Tester<'_>, tokens: usize, pairs: usize) -> Result<CaseResult, KernelError> {
+    let ids: Vec<i32> = (0..tokens).map(|i| 1_000_000 + i as i32).collect();
+    let sampled: Vec<i32> = (0..pairs).map(|_| t.rng.below(128_256) as i32).collect();
+    let mut feed = Vec::with_capacity(2 * (pairs + 1));
+    let mut want: Vec<f64> = ids.iter().map(|v| *v as f64).collect();
+    for k in 0..pairs {
+        // Distinct destinations, spread over the step (a decode row per sequence).
+        let dst = (k * tokens / pairs.max(1)).min(tokens - 1);
+        let src = (k * 7) % pairs;
+        feed.extend([dst as i32, src as i32]);
+        want[dst] = sampled[src] as f64;
+    }
+    feed.extend([tokens as i32, 0]); // out of range: skipped
+    let mut ids_d = t.up(&ids)?;
+    let sampled_d = t.up(&sampled)?;
+    let feed_d = t.up(&feed)?;
+    t.k.feed_tokens(
+        &t.stream,
+        FeedArgs { ids: ids_d.as_view_mut(), sampled: sampled_d.as_view(), feed: feed_d.as_view(), count: pairs + 1 },
+    )?;
+    t.sync()?;
+    let got: Vec<f32> = t.down(&ids_d)?.iter().map(|v| *v as f32).collect();
+    let m = compare(&got, &want);
+    let exact = got.iter().zip(&want).all(|(g, w)| *g as f64 == *w);
+    let mut r = row("feed_tokens", &format!("t{tokens} pairs{pairs}"), &m, 0.0, "exact ids expected".into());
+    r.passed &= exact;
+    Ok(r)
 }
 
 fn embedding(t: &mut Tester<'_>, tokens: usize, vocab: usize, hidden: usize) -> Result<CaseResult, KernelError> {

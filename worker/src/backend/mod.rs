@@ -43,6 +43,17 @@ pub struct StepBatch {
     /// Sequences whose last token's logits are sampled this step (a prefill chunk that
     /// does not reach the end of its prompt samples nothing).
     pub samples: Vec<SampleSpec>,
+    /// Tokens whose ids the previous step is still sampling (planned ahead, see
+    /// [`Backend::launch`]); their `token_ids` entries are placeholders.
+    pub feed: Vec<FedToken>,
+}
+
+/// `token_ids[token]` is the id that the previously launched step draws in its sample row
+/// `from_sample`; a backend copies it in on the device, so the host never waits for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FedToken {
+    pub token: usize,
+    pub from_sample: usize,
 }
 
 impl StepBatch {
@@ -88,6 +99,9 @@ impl StepBatch {
         if self.samples.iter().any(|s| s.seq >= self.seqs.len()) {
             return Err(BackendError::InvalidBatch("sample refers to a missing sequence".into()));
         }
+        if self.feed.iter().any(|f| f.token >= n) {
+            return Err(BackendError::InvalidBatch("a fed token lies outside the step".into()));
+        }
         Ok(())
     }
 }
@@ -122,6 +136,23 @@ pub trait Backend: Send {
     /// Runs one step: writes every token's K/V at its slot, then samples one token per
     /// entry of `batch.samples`, in order.
     fn execute(&mut self, batch: &StepBatch) -> Result<Vec<Sampled>, BackendError>;
+    /// Whether [`Self::launch`] returns before the step has run (a device backend), so the
+    /// engine can plan the next step while this one computes. Backends that compute on the
+    /// calling thread leave this false and get [`crate::engine::launcher::Launcher`]'s
+    /// in-order emulation.
+    fn launches_async(&self) -> bool {
+        false
+    }
+    /// Queues a step (at most two in flight) and returns without waiting for it; its
+    /// `feed` refers to the step launched before it. Only called when
+    /// [`Self::launches_async`] is true.
+    fn launch(&mut self, _batch: &StepBatch) -> Result<(), BackendError> {
+        Err(BackendError::InvalidBatch("this backend runs steps synchronously only".into()))
+    }
+    /// Waits for the oldest launched step and returns its samples.
+    fn collect(&mut self) -> Result<Vec<Sampled>, BackendError> {
+        Err(BackendError::InvalidBatch("this backend runs steps synchronously only".into()))
+    }
     /// Counters of the backend's own machinery (CUDA: GEMM plans, graph captures and
     /// replays), for benchmarks and logs.
     fn counters(&self) -> Vec<(&'static str, u64)> {

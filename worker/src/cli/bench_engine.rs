@@ -13,7 +13,8 @@ use serde_json::json;
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::synthetic::SyntheticBackend;
-use crate::backend::{BLOCK_SIZE, Backend, SeqChunk, StepBatch};
+use crate::backend::{BLOCK_SIZE, Backend, FedToken, SeqChunk, StepBatch};
+use crate::engine::launcher::Launcher;
 use crate::engine::request::EngineRequest;
 use crate::engine::sampler::{SampleSpec, SamplingConfig};
 use crate::engine::scheduler::SchedulerConfig;
@@ -55,6 +56,10 @@ pub struct BenchEngineArgs {
     /// CUDA: replay decode steps from captured CUDA graphs.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     cuda_graphs: bool,
+    /// Decode with step n+1 launched before step n is read back (its tokens fed on the
+    /// device), as `serve --overlap-steps true` runs.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    overlap: bool,
     /// Measure only the scheduler with a no-op backend and this many running sequences.
     #[arg(long)]
     scheduler_only: Option<usize>,
@@ -188,19 +193,13 @@ fn backend_steps(a: &BenchEngineArgs) -> anyhow::Result<serde_json::Value> {
         }
     }
     // Decode after the last prefill: one token per sequence per step.
-    let mut decode = Vec::new();
-    let mut decode_gpu = Vec::new();
-    let mut last: Vec<Vec<u32>> = (0..a.batch).map(|s| vec![(s as u32 * 7 + 1) % vocab as u32]).collect();
-    for i in 0..a.gen_len + 2 {
-        let batch = step_batch(&last, a.prompt_len + i, blocks_per_seq);
-        let t = Instant::now();
-        let sampled = backend.execute(&batch).context("decode step")?;
-        if i >= 2 {
-            decode.push(t.elapsed().as_secs_f64() * 1e3);
-            decode_gpu.extend(gpu_step_ms(backend.as_ref()));
-        }
-        last = sampled.iter().map(|s| vec![s.token]).collect();
-    }
+    let mut launcher = Launcher::new(backend);
+    let (decode, decode_gpu) = if a.overlap {
+        decode_overlapped(a, &mut launcher, vocab, blocks_per_seq)?
+    } else {
+        decode_synchronous(a, &mut launcher, vocab, blocks_per_seq)?
+    };
+    let backend = launcher.backend();
     let prefill_ms = median(prefill);
     let decode_ms = median(decode);
     // CUDA events around each step's device work (CUDA backend only; null elsewhere).
@@ -213,6 +212,7 @@ fn backend_steps(a: &BenchEngineArgs) -> anyhow::Result<serde_json::Value> {
         "backend_counters": counters,
         "backend": info.name, "device": info.device, "dtype": info.dtype, "model": model.id,
         "batch": a.batch, "prompt_len": a.prompt_len, "gen_len": a.gen_len, "cuda_graphs": a.cuda_graphs && info.name == "cuda",
+        "overlap": a.overlap,
         "prefill_ms": prefill_ms,
         "prefill_gpu_ms": prefill_gpu_ms,
         "decode_gpu_ms": decode_gpu_ms,
@@ -221,8 +221,49 @@ fn backend_steps(a: &BenchEngineArgs) -> anyhow::Result<serde_json::Value> {
         "decode_tokens_per_s": a.batch as f64 / (decode_ms / 1e3),
         "threads": rayon::current_num_threads(),
         "backend_load_s": load_s,
-        "timing": "*_ms: host wall clock per step after warm-up, each step ending by reading the sampled ids (a device sync); *_gpu_ms: CUDA events around the step's device work",
+        "timing": "*_ms: host wall clock per step after warm-up, each step ending by reading the sampled ids (a device sync; with overlap, the interval between reads while the next step is already queued); *_gpu_ms: CUDA events around the step's device work",
     }))
+}
+
+/// Decode steps, each launched after the previous one's ids were read back. Returns the
+/// host and device milliseconds of the timed steps.
+fn decode_synchronous(a: &BenchEngineArgs, l: &mut Launcher, vocab: usize, blocks_per_seq: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let (mut host, mut gpu) = (Vec::new(), Vec::new());
+    let mut last: Vec<Vec<u32>> = (0..a.batch).map(|s| vec![(s as u32 * 7 + 1) % vocab as u32]).collect();
+    for i in 0..a.gen_len + 2 {
+        let batch = step_batch(&last, a.prompt_len + i, blocks_per_seq);
+        let t = Instant::now();
+        let sampled = l.run(&batch).context("decode step")?;
+        if i >= 2 {
+            host.push(t.elapsed().as_secs_f64() * 1e3);
+            gpu.extend(gpu_step_ms(l.backend()));
+        }
+        last = sampled.iter().map(|s| vec![s.token]).collect();
+    }
+    Ok((host, gpu))
+}
+
+/// Decode steps with step i+1 queued (its tokens fed from step i's samples on the device)
+/// before step i is read back; a step's time is the interval between two reads.
+fn decode_overlapped(a: &BenchEngineArgs, l: &mut Launcher, vocab: usize, blocks_per_seq: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let (mut host, mut gpu) = (Vec::new(), Vec::new());
+    let first: Vec<Vec<u32>> = (0..a.batch).map(|s| vec![(s as u32 * 7 + 1) % vocab as u32]).collect();
+    l.launch(&step_batch(&first, a.prompt_len, blocks_per_seq)).context("decode step")?;
+    let placeholders: Vec<Vec<u32>> = (0..a.batch).map(|_| vec![0]).collect();
+    let mut t = Instant::now();
+    for i in 1..a.gen_len + 3 {
+        let mut batch = step_batch(&placeholders, a.prompt_len + i, blocks_per_seq);
+        batch.feed = (0..a.batch).map(|s| FedToken { token: s, from_sample: s }).collect();
+        l.launch(&batch).context("decode step")?;
+        l.collect().context("decode step")?;
+        if i >= 3 {
+            host.push(t.elapsed().as_secs_f64() * 1e3);
+            gpu.extend(gpu_step_ms(l.backend()));
+        }
+        t = Instant::now();
+    }
+    l.collect().context("decode step")?;
+    Ok((host, gpu))
 }
 
 /// The device time of the backend's last step (CUDA events), when it measures one.

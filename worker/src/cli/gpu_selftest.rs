@@ -164,6 +164,10 @@ fn run_requests(core: &mut EngineCore, model: &Model, reqs: &[v1::WorkerGenerate
             }
         }
     }
+    // With overlap, a step planned for a sequence that then stopped may still be in flight.
+    while core.has_work() {
+        core.step().map_err(|e| anyhow::anyhow!("step: {e}"))?;
+    }
     Ok(rxs.into_iter().map(|(id, _, t, _)| (id, t)).collect())
 }
 
@@ -269,6 +273,17 @@ fn parity(device: usize, models: &[PathBuf], steps: u32) -> anyhow::Result<(serd
         let batch: Vec<_> = (0..16usize).map(|i| greedy(format!("b{i}"), long[7 * i..7 * i + 8 + i].to_vec(), steps, None)).collect();
         let together = run_requests(&mut gpu, &model, &batch)?;
         let together_graphs = run_requests(&mut gpu_graphs, &model, &batch)?;
+        // The same 16 with each step planned while the previous one runs, its tokens fed
+        // from the previous step's samples on the device (`--overlap-steps true`). Same
+        // kernels and batches, so the outputs should be bitwise those of synchronous steps
+        // (a request that stops on EOS adds one wasted row, which may change GEMM shapes).
+        let mut gpu_overlap = gpu_graphs.with_overlap(true);
+        let together_overlap = run_requests(&mut gpu_overlap, &model, &batch)?;
+        let overlap_bitwise = together_overlap == together_graphs;
+        let overlap_cases: Vec<_> =
+            batch.iter().map(|r| compare(&together_graphs[&r.request_id], &together_overlap[&r.request_id], 0.02, 2e-2)).collect();
+        ok &= overlap_cases.iter().all(|c| c["failure"].is_null());
+        let planned_ahead = gpu_overlap.planned_ahead;
         let mut batch_cases = Vec::new();
         let mut batch_graph_cases = Vec::new();
         for r in &batch {
@@ -285,6 +300,7 @@ fn parity(device: usize, models: &[PathBuf], steps: u32) -> anyhow::Result<(serd
             "model": dir.display().to_string(), "config": {"hidden": model.config.hidden_size, "layers": model.config.num_layers,
             "head_dim": model.config.head_dim, "tied": model.config.tie_word_embeddings}, "cuda_load_s": load_s,
             "cuda_vs_cpu": cases, "batch16_vs_alone": batch_cases, "batch16_graphs_vs_alone_eager": batch_graph_cases,
+            "batch16_overlap_vs_synchronous": {"bitwise_identical": overlap_bitwise, "steps_planned_ahead": planned_ahead, "cases": overlap_cases},
             "cuda_outputs": cuda_outputs,
         }));
     }

@@ -136,7 +136,7 @@ async fn serve(a: WorkerConfig) -> anyhow::Result<()> {
     if a.max_model_len.is_some_and(|m| m > pool_tokens) {
         bail!("--max-model-len {} exceeds the KV pool ({} blocks = {pool_tokens} tokens)", a.max_model_len.unwrap_or(0), kv_blocks);
     }
-    tracing::info!(model = %model.id, hash = %model.content_hash, backend = %bi.name, device = %bi.device, kv_blocks, max_context = limits.max_context, "model loaded in {:.2}s", t0.elapsed().as_secs_f64());
+    tracing::info!(model = %model.id, hash = %model.content_hash, backend = %bi.name, device = %bi.device, kv_blocks, max_context = limits.max_context, overlap_steps = a.overlap_steps, "model loaded in {:.2}s", t0.elapsed().as_secs_f64());
 
     let sched_cfg = SchedulerConfig {
         max_batch_tokens: a.max_batch_tokens.max(1),
@@ -146,7 +146,7 @@ async fn serve(a: WorkerConfig) -> anyhow::Result<()> {
         eos_token_ids: limits.eos_token_ids.clone(),
         block_hash_seed: model.block_hash_seed(),
     };
-    let core = EngineCore::new(Scheduler::new(sched_cfg, kv_blocks), backend);
+    let core = EngineCore::new(Scheduler::new(sched_cfg, kv_blocks), backend).with_overlap(a.overlap_steps);
     let (handle, engine_thread) = EngineHandle::spawn(core, a.max_waiting.max(1) + 64).context("starting the engine thread")?;
     if let Some(addr) = a.metrics_listen {
         let (metrics, registry) = WorkerMetrics::register(handle.clone(), kv_blocks, crate::backend::BLOCK_SIZE, &model.id);

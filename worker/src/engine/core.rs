@@ -1,14 +1,21 @@
-//! The synchronous engine: scheduler + backend + per-request output channels. One call of
+//! The engine: scheduler + backend + per-request output channels. One call of
 //! [`EngineCore::step`] is one iteration of continuous batching. Used directly by the
 //! offline `generate` command and wrapped in a thread by [`super::handle`] for serving.
+//!
+//! With overlap on, a step is launched before the previous one's ids are read: the host
+//! plans step n+1 (its decode tokens fed from step n's samples on the device) while the
+//! device computes step n, so the device never waits for the scheduler, the uploads or the
+//! launch. When planning ahead is not safe (a preemption or a penalty needs the real ids),
+//! the engine waits for the step in flight first.
 
 use std::collections::HashMap;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::launcher::Launcher;
 use super::request::{EngineRequest, FinishReason};
 use super::sampler::Sampled;
-use super::scheduler::{AdmitError, Effect, Scheduler, TimingInfo, UsageInfo};
+use super::scheduler::{AdmitError, Effect, Scheduler, StepPlan, TimingInfo, UsageInfo};
 use crate::backend::{Backend, BackendError};
 
 /// What a request's output channel carries. At most `max_new_tokens` tokens plus one
@@ -52,17 +59,37 @@ pub struct StepReport {
 
 pub struct EngineCore {
     pub scheduler: Scheduler,
-    backend: Box<dyn Backend>,
+    launcher: Launcher,
     outputs: HashMap<String, UnboundedSender<RequestOutput>>,
+    overlap: bool,
+    /// The launched step whose samples are not applied yet (overlap only).
+    in_flight: Option<StepPlan>,
+    /// Steps planned ahead, and steps that had to wait for the one in flight instead.
+    pub planned_ahead: u64,
+    pub waited: u64,
 }
 
 impl EngineCore {
     pub fn new(scheduler: Scheduler, backend: Box<dyn Backend>) -> Self {
-        EngineCore { scheduler, backend, outputs: HashMap::new() }
+        EngineCore {
+            scheduler,
+            launcher: Launcher::new(backend),
+            outputs: HashMap::new(),
+            overlap: false,
+            in_flight: None,
+            planned_ahead: 0,
+            waited: 0,
+        }
+    }
+
+    /// Plans each step while the previous one runs (see the module comment).
+    pub fn with_overlap(mut self, on: bool) -> Self {
+        self.overlap = on;
+        self
     }
 
     pub fn backend(&self) -> &dyn Backend {
-        self.backend.as_ref()
+        self.launcher.backend()
     }
 
     /// Queues a request whose outputs go to `out`. A refusal is sent to `out` as well.
@@ -92,7 +119,7 @@ impl EngineCore {
     }
 
     pub fn has_work(&self) -> bool {
-        self.scheduler.has_work()
+        self.in_flight.is_some() || self.scheduler.has_work()
     }
 
     /// Runs one step. `Ok(None)` when there was nothing to do. A backend error is fatal:
@@ -104,26 +131,65 @@ impl EngineCore {
             self.scheduler.abort(&id);
             self.outputs.remove(&id);
         }
+        let result = if self.overlap { self.step_overlapped() } else { self.step_synchronous() };
+        if let Err(e) = &result {
+            for (_, tx) in self.outputs.drain() {
+                let _ = tx.send(RequestOutput::Failed(e.to_string()));
+            }
+        }
+        result
+    }
+
+    fn step_synchronous(&mut self) -> Result<Option<StepReport>, BackendError> {
         let Some(plan) = self.scheduler.schedule() else {
             return Ok(None);
         };
-        let sampled = match self.backend.execute(&plan.batch) {
-            Ok(s) => s,
-            Err(e) => {
-                for (_, tx) in self.outputs.drain() {
-                    let _ = tx.send(RequestOutput::Failed(e.to_string()));
-                }
-                return Err(e);
+        let sampled = self.launcher.run(&plan.batch)?;
+        self.apply(&plan, &sampled, true).map(Some)
+    }
+
+    /// Launches step n+1 (when it can be planned ahead), then waits for step n.
+    fn step_overlapped(&mut self) -> Result<Option<StepReport>, BackendError> {
+        let current = match self.in_flight.take() {
+            Some(plan) => plan,
+            None => {
+                let Some(plan) = self.scheduler.schedule() else {
+                    return Ok(None);
+                };
+                self.launcher.launch(&plan.batch)?;
+                self.scheduler.advance(&plan);
+                plan
             }
         };
+        let next = if self.scheduler.can_plan_ahead() { self.scheduler.schedule() } else { None };
+        match &next {
+            Some(plan) => {
+                self.launcher.launch(&plan.batch)?;
+                self.scheduler.advance(plan);
+                self.planned_ahead += 1;
+            }
+            None if self.scheduler.has_work() => self.waited += 1,
+            None => {}
+        }
+        let sampled = self.launcher.collect()?;
+        let report = self.apply(&current, &sampled, false)?;
+        self.in_flight = next;
+        Ok(Some(report))
+    }
+
+    /// Applies a finished step's samples (`advance` first when it was not booked at launch).
+    fn apply(&mut self, plan: &StepPlan, sampled: &[Sampled], advance: bool) -> Result<StepReport, BackendError> {
         if sampled.len() != plan.batch.samples.len() {
             return Err(BackendError::Device(format!("backend returned {} samples for {} rows", sampled.len(), plan.batch.samples.len())));
         }
         let report = StepReport { sequences: plan.batch.seqs.len(), tokens: plan.batch.num_tokens(), sampled: sampled.len() };
-        for effect in self.scheduler.resolve(&plan, &sampled) {
+        if advance {
+            self.scheduler.advance(plan);
+        }
+        for effect in self.scheduler.resolve_samples(plan, sampled) {
             self.dispatch(effect);
         }
-        Ok(Some(report))
+        Ok(report)
     }
 
     fn dispatch(&mut self, effect: Effect) {

@@ -4,6 +4,7 @@
 pub mod core;
 pub mod handle;
 pub mod kv_blocks;
+pub mod launcher;
 pub mod request;
 pub mod sampler;
 pub mod scheduler;

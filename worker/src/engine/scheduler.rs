@@ -15,7 +15,7 @@ use super::kv_blocks::BlockManager;
 use super::request::{EngineRequest, FinishReason};
 use super::sampler::Sampled;
 use super::sequence::Sequence;
-use crate::backend::{BLOCK_SIZE, SeqChunk, StepBatch};
+use crate::backend::{BLOCK_SIZE, FedToken, SeqChunk, StepBatch};
 
 /// Scheduling limits.
 #[derive(Debug, Clone)]
@@ -177,6 +177,7 @@ impl Scheduler {
 
     fn finish(&mut self, mut seq: Sequence, reason: FinishReason) -> Effect {
         self.blocks.release(&seq.blocks);
+        seq.drop_placeholders();
         seq.reset_for_recompute();
         self.counters.finished += 1;
         let now = Instant::now();
@@ -213,6 +214,12 @@ impl Scheduler {
         // the decodes behind it need.
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
+            // A sequence whose in-flight token is its last (by length) ends when that step
+            // resolves: planning it again would only compute a row to throw away.
+            if self.running[i].unresolved() > 0 && self.running[i].ends_by_length(self.cfg.max_context) {
+                i += 1;
+                continue;
+            }
             let decodes_behind = self.running[i + 1..].iter().filter(|s| s.pending() == 1).count();
             let pending = self.running[i].pending();
             let allowance = if pending == 1 { budget } else { budget.saturating_sub(decodes_behind) };
@@ -298,6 +305,12 @@ impl Scheduler {
         let start = seq.num_computed;
         let token_start = b.token_ids.len();
         for pos in start..start + n {
+            if pos >= seq.resolved {
+                // A placeholder: the step in flight samples it, and the device feeds it in.
+                if let Some(from_sample) = seq.fed_from {
+                    b.feed.push(FedToken { token: b.token_ids.len(), from_sample });
+                }
+            }
             b.token_ids.push(seq.tokens[pos]);
             b.positions.push(pos as u32);
             b.slot_mapping.push(seq.blocks[pos / BLOCK_SIZE] * BLOCK_SIZE as u32 + (pos % BLOCK_SIZE) as u32);
@@ -317,27 +330,48 @@ impl Scheduler {
         plan.entries.push(PlanEntry { arrival_no: seq.arrival_no, num_tokens: n, sample, cached_tokens });
     }
 
-    /// Applies a step's results: advances computed tokens, registers newly full blocks in
-    /// the prefix cache, appends sampled tokens and finishes sequences that are done.
+    /// Applies a step's results (a step run synchronously): [`Self::advance`], then
+    /// [`Self::resolve_samples`].
     pub fn resolve(&mut self, plan: &StepPlan, sampled: &[Sampled]) -> Vec<Effect> {
-        let mut effects = Vec::new();
-        let mut done: Vec<(u64, FinishReason)> = Vec::new();
+        self.advance(plan);
+        self.resolve_samples(plan, sampled)
+    }
+
+    /// Books a launched step as computed: its tokens' K/V are (or will be, in stream order)
+    /// in the cache, and each sampled sequence gets a placeholder for the token the step
+    /// draws. The next step can then be planned before this one's ids are known.
+    pub fn advance(&mut self, plan: &StepPlan) {
         let seed = self.cfg.block_hash_seed;
         for entry in &plan.entries {
             let Some(seq) = self.running.iter_mut().find(|s| s.arrival_no == entry.arrival_no) else {
                 continue;
             };
             seq.num_computed += entry.num_tokens;
-            let full = seq.num_computed / BLOCK_SIZE;
-            if full > seq.registered {
-                let hashes = seq.block_hashes(seed, full).to_vec();
-                for (block, hash) in seq.blocks[seq.registered..full].iter().zip(&hashes[seq.registered..full]) {
-                    self.blocks.register(*block, *hash);
-                }
-                seq.registered = full;
+            register_full_blocks(&mut self.blocks, seq, seed);
+            if let Some(si) = entry.sample {
+                seq.push_placeholder(si);
             }
+        }
+    }
+
+    /// Gives the placeholders of an advanced step their sampled ids, in launch order: emits
+    /// the tokens, registers blocks that became full and known, and finishes sequences that
+    /// are done. A sequence that ended meanwhile (cancelled, or stopped by an earlier step's
+    /// token) is skipped: its row in this step was computed for nothing.
+    pub fn resolve_samples(&mut self, plan: &StepPlan, sampled: &[Sampled]) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let mut done: Vec<(u64, FinishReason)> = Vec::new();
+        let seed = self.cfg.block_hash_seed;
+        for entry in &plan.entries {
             let Some(si) = entry.sample else { continue };
             let Some(s) = sampled.get(si) else { continue };
+            let Some(seq) = self.running.iter_mut().find(|s| s.arrival_no == entry.arrival_no) else {
+                continue;
+            };
+            if !seq.fill_placeholder(s.token) {
+                continue;
+            }
+            register_full_blocks(&mut self.blocks, seq, seed);
             let first = if seq.first_token.is_none() {
                 let now = Instant::now();
                 seq.first_token = Some(now);
@@ -351,14 +385,13 @@ impl Scheduler {
             } else {
                 None
             };
-            seq.push_token(s.token);
             self.counters.generated_tokens += 1;
             effects.push(Effect::Token { request_id: seq.req.id.clone(), sampled: s.clone(), first });
             let reason = if seq.req.stop_token_ids.contains(&s.token) {
                 Some(FinishReason::StopToken)
             } else if !seq.req.ignore_eos && self.cfg.eos_token_ids.contains(&s.token) {
                 Some(FinishReason::Eos)
-            } else if seq.generated() >= seq.req.max_new_tokens as usize || seq.tokens.len() >= self.cfg.max_context {
+            } else if seq.generated_resolved() >= seq.req.max_new_tokens as usize || seq.resolved >= self.cfg.max_context {
                 Some(FinishReason::Length)
             } else {
                 None
@@ -376,6 +409,21 @@ impl Scheduler {
         effects
     }
 
+    /// Whether the next step can be planned while the launched one is still sampling: no
+    /// running sequence may need preempting (a placeholder cannot be recomputed), and no
+    /// sampling row may depend on the unknown ids (penalties count the output). When this
+    /// is false the engine waits for the step in flight and plans from known tokens.
+    pub fn can_plan_ahead(&self) -> bool {
+        let mut short = 0;
+        for seq in &self.running {
+            if seq.unresolved() > 1 || seq.needs_resolved_tokens() {
+                return false;
+            }
+            short += seq.blocks_short_of(seq.tokens.len());
+        }
+        short <= self.blocks.available()
+    }
+
     /// Distinct blocks referenced by running sequences; equals `blocks.in_use()` unless a
     /// block leaked (tests).
     pub fn referenced_blocks_distinct(&self) -> usize {
@@ -383,5 +431,18 @@ impl Scheduler {
         all.sort_unstable();
         all.dedup();
         all.len()
+    }
+}
+
+/// Registers the blocks of `seq` that are full of computed, known tokens in the prefix
+/// cache (a block holding a placeholder waits until its id is known).
+fn register_full_blocks(blocks: &mut BlockManager, seq: &mut Sequence, seed: u64) {
+    let full = seq.num_computed.min(seq.resolved) / BLOCK_SIZE;
+    if full > seq.registered {
+        let hashes = seq.block_hashes(seed, full).to_vec();
+        for (block, hash) in seq.blocks[seq.registered..full].iter().zip(&hashes[seq.registered..full]) {
+            blocks.register(*block, *hash);
+        }
+        seq.registered = full;
     }
 }

@@ -14,8 +14,14 @@ pub struct Sequence {
     pub req: EngineRequest,
     /// Admission order; also the FCFS key within a priority.
     pub arrival_no: u64,
-    /// Prompt followed by every generated token (resumed ones included).
+    /// Prompt followed by every generated token (resumed ones included). With steps in
+    /// flight the tail may hold placeholders: tokens a launched step is still sampling.
     pub tokens: Vec<u32>,
+    /// Leading tokens that are known; the rest of `tokens` are placeholders.
+    pub resolved: usize,
+    /// Sample row, in the step launched last, that draws the last placeholder (the device
+    /// feeds it to the next step).
+    pub fed_from: Option<usize>,
     pub prompt_len: usize,
     /// Tokens whose K/V are in the cache.
     pub num_computed: usize,
@@ -49,7 +55,9 @@ impl Sequence {
             prompt_len: req.prompt.len(),
             req,
             arrival_no,
+            resolved: tokens.len(),
             tokens,
+            fed_from: None,
             num_computed: 0,
             blocks: Vec::new(),
             hashes: Vec::new(),
@@ -62,9 +70,19 @@ impl Sequence {
         }
     }
 
-    /// Generated tokens so far, resumed ones included.
+    /// Generated tokens so far, resumed ones and placeholders included.
     pub fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
+    }
+
+    /// Generated tokens whose ids are known.
+    pub fn generated_resolved(&self) -> usize {
+        self.resolved - self.prompt_len
+    }
+
+    /// Placeholders at the tail of `tokens`.
+    pub fn unresolved(&self) -> usize {
+        self.tokens.len() - self.resolved
     }
 
     /// Tokens still to be computed before the next sample.
@@ -72,8 +90,10 @@ impl Sequence {
         self.tokens.len() - self.num_computed
     }
 
-    /// Hashes of the first `n` full blocks (n ≤ tokens / 16).
+    /// Hashes of the first `n` full blocks (n ≤ resolved / 16: a placeholder has no id to
+    /// hash yet).
     pub fn block_hashes(&mut self, seed: u64, n: usize) -> &[u64] {
+        let n = n.min(self.resolved / BLOCK_SIZE);
         while self.hashes.len() < n {
             let b = self.hashes.len();
             let parent = if b == 0 { seed } else { self.hashes[b - 1] };
@@ -87,12 +107,46 @@ impl Sequence {
         tokens.div_ceil(BLOCK_SIZE).saturating_sub(self.blocks.len())
     }
 
-    /// Appends a sampled token.
-    pub fn push_token(&mut self, token: u32) {
-        self.tokens.push(token);
+    /// Appends the placeholder of a token that sample row `sample` of the step just
+    /// launched will draw.
+    pub fn push_placeholder(&mut self, sample: usize) {
+        self.tokens.push(0);
+        self.fed_from = Some(sample);
+    }
+
+    /// Gives the oldest placeholder its sampled id (steps resolve in launch order). False
+    /// when there is none (an engine bug the caller reports).
+    pub fn fill_placeholder(&mut self, token: u32) -> bool {
+        let Some(slot) = self.tokens.get_mut(self.resolved) else {
+            return false;
+        };
+        *slot = token;
+        self.resolved += 1;
+        if self.resolved == self.tokens.len() {
+            self.fed_from = None;
+        }
         if let Some(m) = &mut self.penalty_counts {
             *m.entry(token).or_insert(0) += 1;
         }
+        true
+    }
+
+    /// Forgets the placeholders (the sequence ended; a step in flight drew them for
+    /// nothing).
+    pub fn drop_placeholders(&mut self) {
+        self.tokens.truncate(self.resolved);
+        self.fed_from = None;
+    }
+
+    /// Whether the sequence ends by length once its placeholders resolve, whatever their ids.
+    pub fn ends_by_length(&self, max_context: usize) -> bool {
+        self.generated() >= self.req.max_new_tokens as usize || self.tokens.len() >= max_context
+    }
+
+    /// Whether this sequence's next sample depends on ids it does not know yet (penalties
+    /// count the output tokens).
+    pub fn needs_resolved_tokens(&self) -> bool {
+        self.unresolved() > 0 && self.penalty_counts.is_some()
     }
 
     /// The sampling row for this sequence's next token.

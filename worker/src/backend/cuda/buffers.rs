@@ -9,6 +9,7 @@ use tokenfleet_kernels::ops::SampleParams;
 use tokenfleet_kernels::shapes::SAMPLE_STATS_CHUNK;
 
 use super::super::cuda_plan::{StepCapacity, TOP_LOGPROBS_STRIDE};
+use super::inflight::{SampleBuffers, StagedUpload};
 use super::{dev, sample_params};
 use crate::backend::{BackendError, StepBatch};
 use crate::model::ModelConfig;
@@ -20,6 +21,8 @@ pub struct StepBuffers {
     pub block_tables: CudaSlice<i32>,
     pub context_lens: CudaSlice<i32>,
     pub query_starts: CudaSlice<i32>,
+    /// (token, sample row of the previous step) pairs of a step planned ahead.
+    pub feed: CudaSlice<i32>,
     /// Residual stream, f32.
     pub x: CudaSlice<f32>,
     /// Normed activations feeding the next GEMM.
@@ -71,6 +74,7 @@ impl StepBuffers {
             block_tables: s.alloc_zeros(n * cap.max_blocks_per_seq()).map_err(&a)?,
             context_lens: s.alloc_zeros(n).map_err(&a)?,
             query_starts: s.alloc_zeros(n + 1).map_err(&a)?,
+            feed: s.alloc_zeros(2 * t).map_err(&a)?,
             x: s.alloc_zeros(t * h).map_err(&a)?,
             h: s.alloc_zeros(t * h).map_err(&a)?,
             qkv: s.alloc_zeros(t * qkv).map_err(&a)?,
@@ -114,11 +118,25 @@ impl StepBuffers {
         Ok(moved)
     }
 
-    /// Copies the sampler's inputs to the device; `true` when a sparse list had to grow
-    /// (its buffer moved).
-    pub fn upload_sampling(&mut self, s: &Arc<CudaStream>, i: &StepInputs) -> Result<bool, BackendError> {
-        let u = dev("uploading sampling parameters");
-        let rows = i.params.len();
+    /// Ints staged for one step's copies (the pinned area's size).
+    pub fn staged_ints(i: &StepInputs) -> usize {
+        i.ids.len()
+            + i.positions.len()
+            + i.slots.len()
+            + i.block_tables.len()
+            + i.context_lens.len()
+            + i.query_starts.len()
+            + i.feed.len()
+            + i.pen_offsets.len()
+            + i.pen_ids.len()
+            + i.pen_counts.len()
+            + i.sup_offsets.len()
+            + i.sup_ids.len()
+    }
+
+    /// Queues the copies of a step's inputs through pinned staging; `true` when a sparse
+    /// sampler list had to grow (its buffer moved, so captured graphs are stale).
+    pub fn upload(&mut self, s: &Arc<CudaStream>, i: &StepInputs, up: &mut StagedUpload<'_>) -> Result<bool, BackendError> {
         let mut moved = false;
         for (buf, need) in
             [(&mut self.pen_ids, i.pen_ids.len()), (&mut self.pen_counts, i.pen_counts.len()), (&mut self.sup_ids, i.sup_ids.len())]
@@ -128,25 +146,25 @@ impl StepBuffers {
                 moved = true;
             }
         }
-        s.memcpy_htod(&i.params, &mut self.params.slice_mut(..rows)).map_err(&u)?;
-        s.memcpy_htod(&i.pen_offsets, &mut self.pen_offsets.slice_mut(..rows + 1)).map_err(&u)?;
-        s.memcpy_htod(&i.pen_ids, &mut self.pen_ids.slice_mut(..i.pen_ids.len())).map_err(&u)?;
-        s.memcpy_htod(&i.pen_counts, &mut self.pen_counts.slice_mut(..i.pen_counts.len())).map_err(&u)?;
-        s.memcpy_htod(&i.sup_offsets, &mut self.sup_offsets.slice_mut(..rows + 1)).map_err(&u)?;
-        s.memcpy_htod(&i.sup_ids, &mut self.sup_ids.slice_mut(..i.sup_ids.len())).map_err(&u)?;
+        up.ints(s, &i.ids, &mut self.ids)?;
+        up.ints(s, &i.positions, &mut self.positions)?;
+        up.ints(s, &i.slots, &mut self.slots)?;
+        up.ints(s, &i.block_tables, &mut self.block_tables)?;
+        up.ints(s, &i.context_lens, &mut self.context_lens)?;
+        up.ints(s, &i.query_starts, &mut self.query_starts)?;
+        up.ints(s, &i.feed, &mut self.feed)?;
+        up.params(s, &i.params, &mut self.params)?;
+        up.ints(s, &i.pen_offsets, &mut self.pen_offsets)?;
+        up.ints(s, &i.pen_ids, &mut self.pen_ids)?;
+        up.ints(s, &i.pen_counts, &mut self.pen_counts)?;
+        up.ints(s, &i.sup_offsets, &mut self.sup_offsets)?;
+        up.ints(s, &i.sup_ids, &mut self.sup_ids)?;
         Ok(moved)
     }
 
-    /// Copies a step's inputs to the device.
-    pub fn upload(&mut self, s: &Arc<CudaStream>, i: &StepInputs) -> Result<(), BackendError> {
-        let u = dev("uploading step inputs");
-        let t = i.num_tokens;
-        s.memcpy_htod(&i.ids, &mut self.ids.slice_mut(..t)).map_err(&u)?;
-        s.memcpy_htod(&i.positions, &mut self.positions.slice_mut(..t)).map_err(&u)?;
-        s.memcpy_htod(&i.slots, &mut self.slots.slice_mut(..t)).map_err(&u)?;
-        s.memcpy_htod(&i.block_tables, &mut self.block_tables.slice_mut(..i.block_tables.len())).map_err(&u)?;
-        s.memcpy_htod(&i.context_lens, &mut self.context_lens.slice_mut(..i.num_seqs)).map_err(&u)?;
-        s.memcpy_htod(&i.query_starts, &mut self.query_starts.slice_mut(..i.num_seqs + 1)).map_err(&u)
+    /// The sampler's output buffers (read back whole).
+    pub fn sample_outputs(&self) -> SampleBuffers<'_> {
+        SampleBuffers { token: &self.out_token, logprob: &self.out_logprob, top_ids: &self.out_top_ids, top_lp: &self.out_top_lp }
     }
 }
 
@@ -173,6 +191,8 @@ pub struct StepInputs {
     pub pen_counts: Vec<i32>,
     pub sup_offsets: Vec<i32>,
     pub sup_ids: Vec<i32>,
+    /// Flattened (token, previous sample row) pairs.
+    pub feed: Vec<i32>,
 }
 
 fn i32_of(v: usize, what: &str) -> Result<i32, BackendError> {
@@ -211,6 +231,13 @@ impl StepInputs {
             i.query_starts.push(i32_of(s.token_start + s.num_tokens, "token offset")?);
             i.max_query_len = i.max_query_len.max(s.num_tokens);
             i.max_context_len = i.max_context_len.max(s.context_len);
+        }
+        if b.feed.len() > t {
+            return Err(BackendError::InvalidBatch(format!("{} fed tokens in a step of {t}", b.feed.len())));
+        }
+        for f in &b.feed {
+            i.feed.push(i32_of(f.token, "fed token")?);
+            i.feed.push(i32_of(f.from_sample, "fed sample row")?);
         }
         i.pen_offsets.push(0);
         i.sup_offsets.push(0);

@@ -13,7 +13,6 @@ use super::buffers::StepInputs;
 use super::gemm::{GemmDims, GemmIo};
 use super::{CudaBackend, dev, kern};
 use crate::backend::BackendError;
-use crate::engine::sampler::Sampled;
 
 /// The sizes of one forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,37 +235,5 @@ impl CudaBackend {
         )
         .map_err(kern)?;
         Ok(())
-    }
-
-    /// Reads the first `rows` sampled rows back (the step's only host sync).
-    pub(super) fn read_samples(&self, inputs: &StepInputs, rows: usize) -> Result<Vec<Sampled>, BackendError> {
-        let s = &self.stream;
-        let b = &self.bufs;
-        let vocab = self.cfg.vocab_size;
-        let tokens = s.clone_dtoh(&b.out_token.slice(..rows)).map_err(dev("reading sampled ids"))?;
-        let logprobs = s.clone_dtoh(&b.out_logprob.slice(..rows)).map_err(dev("reading logprobs"))?;
-        let want_top = inputs.params.iter().any(|p| p.top_logprobs > 0);
-        let (top_ids, top_lp) = if want_top {
-            (
-                s.clone_dtoh(&b.out_top_ids.slice(..rows * TOP_LOGPROBS_STRIDE)).map_err(dev("reading top ids"))?,
-                s.clone_dtoh(&b.out_top_lp.slice(..rows * TOP_LOGPROBS_STRIDE)).map_err(dev("reading top logprobs"))?,
-            )
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        let mut out = Vec::with_capacity(rows);
-        for i in 0..rows {
-            let n = inputs.params[i].top_logprobs as usize;
-            let top = (0..n).filter_map(|j| {
-                let id = *top_ids.get(i * TOP_LOGPROBS_STRIDE + j)?;
-                Some((u32::try_from(id).ok()?, *top_lp.get(i * TOP_LOGPROBS_STRIDE + j)?))
-            });
-            let token = u32::try_from(tokens[i]).map_err(|_| BackendError::Device(format!("the sampler returned token {}", tokens[i])))?;
-            if token as usize >= vocab {
-                return Err(BackendError::Device(format!("the sampler returned token {token} >= vocab {vocab}")));
-            }
-            out.push(Sampled { token, logprob: logprobs[i], top: top.collect() });
-        }
-        Ok(out)
     }
 }

@@ -16,10 +16,10 @@ use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 
 use super::buffers::StepInputs;
 use super::forward::Launch;
+use super::inflight::Launched;
 use super::{CudaBackend, dev};
 use crate::backend::cuda_graph_plan::{GraphKey, batch_bucket, pad_decode, width_bucket};
 use crate::backend::{BLOCK_SIZE, BackendError, StepBatch};
-use crate::engine::sampler::Sampled;
 
 /// Captured graphs kept at once (each is small: kernel nodes only, no memory of its own).
 const MAX_GRAPHS: usize = 128;
@@ -52,14 +52,9 @@ impl GraphCache {
 }
 
 impl CudaBackend {
-    /// A decode step through the graph of `key`, capturing it on first use.
-    pub(super) fn step_graph(&mut self, batch: &StepBatch, key: GraphKey) -> Result<Vec<Sampled>, BackendError> {
-        self.step_padded(batch, key, true)
-    }
-
-    /// `batch` padded to `key`'s shape, then replayed from its graph, or run eagerly (and
-    /// captured when `graphs`).
-    fn step_padded(&mut self, batch: &StepBatch, key: GraphKey, graphs: bool) -> Result<Vec<Sampled>, BackendError> {
+    /// Queues `batch` padded to `key`'s shape on `slot`: replayed from its graph, or run
+    /// eagerly (and captured when `graphs`).
+    pub(super) fn enqueue_padded(&mut self, batch: &StepBatch, key: GraphKey, graphs: bool, slot: usize) -> Result<Launched, BackendError> {
         let real_rows = batch.seqs.len();
         let pad_block = u32::try_from(self.num_blocks).map_err(|_| BackendError::Device("KV pool too large for a block id".into()))?;
         let padded = pad_decode(batch, key, pad_block);
@@ -72,8 +67,8 @@ impl CudaBackend {
         }
         // The plan of the whole width bucket: the same launch grid for every step of it.
         let launch = Launch { max_context_len: key.table_width * BLOCK_SIZE, ..Launch::of(&inputs) };
-        self.upload(&inputs)?;
-        self.timer.start(&self.stream)?;
+        self.stage(&inputs, slot)?;
+        self.slots[slot].timer.start(&self.stream)?;
         let replayed = match self.graphs.graphs.get(&key) {
             Some(g) if graphs => {
                 g.0.launch().map_err(dev("replaying a decode graph"))?;
@@ -87,7 +82,7 @@ impl CudaBackend {
             self.forward(&launch, &inputs.sample_rows)?;
         }
         // Before any capture: an event recorded under capture would become a graph node.
-        self.timer.end(&self.stream)?;
+        self.slots[slot].timer.end(&self.stream)?;
         if !replayed
             && graphs
             && let Err(e) = self.capture(key, &launch, &inputs.sample_rows)
@@ -98,26 +93,25 @@ impl CudaBackend {
             self.graphs.clear();
             self.use_graphs = false;
         }
-        if real_rows == 0 {
-            // Warm-up: nothing to read back, but its errors must surface here.
-            self.stream.synchronize().map_err(dev("warm-up step"))?;
-            return Ok(Vec::new());
-        }
-        let out = self.read_samples(&inputs, real_rows)?;
-        self.timer.collect()?;
-        Ok(out)
+        // Only the real rows are read back (the padding rows come after them).
+        self.finish_enqueue(&inputs, real_rows, slot)
     }
 
     /// Runs one all-padding decode step of every batch bucket the buffers allow, so that
     /// GEMM tuning (and, with graphs, capture at the narrowest table width) happens before
     /// the worker reports SERVING instead of in the first requests' steps.
     pub(super) fn warm_up_buckets(&mut self) -> Result<usize, BackendError> {
+        if !self.launched.is_empty() {
+            return Err(BackendError::InvalidBatch("warm-up while steps are in flight".into()));
+        }
         let limit = self.cap.max_seqs.min(self.cap.max_tokens);
         let Some(width) = width_bucket(1, self.cap.max_blocks_per_seq()) else { return Ok(0) };
         let mut n = 1;
         let mut steps = 0;
         while let Some(b) = batch_bucket(n, limit) {
-            self.step_padded(&StepBatch::default(), GraphKey { batch: b, table_width: width }, self.use_graphs)?;
+            // Nothing to read back (no real rows), but the step's errors must surface here.
+            self.enqueue_padded(&StepBatch::default(), GraphKey { batch: b, table_width: width }, self.use_graphs, 0)?;
+            self.stream.synchronize().map_err(dev("warm-up step"))?;
             steps += 1;
             n = b + 1;
         }

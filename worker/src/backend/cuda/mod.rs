@@ -7,22 +7,25 @@ mod buffers;
 mod forward;
 mod gemm;
 mod graphs;
+mod inflight;
 mod timer;
 mod weights;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use half::bf16;
 use tokenfleet_kernels::Kernels;
-use tokenfleet_kernels::ops::SampleParams;
+use tokenfleet_kernels::ops::{FeedArgs, SampleParams};
 use tokenfleet_kernels::shapes::{AttnShape, KvCacheShape};
 
 use self::buffers::{StepBuffers, StepInputs};
 use self::forward::Launch;
 use self::gemm::Gemm;
 use self::graphs::GraphCache;
-use self::timer::StepTimer;
+use self::inflight::{Launched, Slot};
+use self::timer::GpuTime;
 use self::weights::{GpuWeights, upload_weights};
 use super::cuda_graph_plan::graph_key;
 use super::cuda_plan::{self, StepCapacity, TOP_LOGPROBS_STRIDE};
@@ -75,7 +78,11 @@ pub struct CudaBackend {
     cap: StepCapacity,
     info: BackendInfo,
     use_graphs: bool,
-    timer: StepTimer,
+    /// Two in-flight slots (pinned staging, readback, timer), used in turn.
+    slots: Vec<Slot>,
+    next_slot: usize,
+    launched: VecDeque<Launched>,
+    gpu_time: GpuTime,
 }
 
 /// Checks libcuda can be loaded and the device exists, without panicking (cudarc panics
@@ -176,7 +183,7 @@ impl CudaBackend {
             cuda_graphs = cfg.cuda_graphs,
             "CUDA backend ready"
         );
-        let timer = StepTimer::new(&ctx)?;
+        let slots = vec![Slot::new(&ctx, &bufs.sample_outputs())?, Slot::new(&ctx, &bufs.sample_outputs())?];
         Ok(CudaBackend {
             _ctx: ctx,
             stream,
@@ -193,7 +200,10 @@ impl CudaBackend {
             info,
             use_graphs: cfg.cuda_graphs,
             graphs: GraphCache::default(),
-            timer,
+            slots,
+            next_slot: 0,
+            launched: VecDeque::new(),
+            gpu_time: GpuTime::default(),
         })
     }
 
@@ -206,32 +216,67 @@ impl CudaBackend {
         AttnShape { num_heads: self.cfg.num_heads, num_kv_heads: self.cfg.num_kv_heads, head_dim: self.cfg.head_dim }
     }
 
-    /// One step: packed, uploaded, then either replayed from a captured decode graph or
-    /// launched eagerly; the sampled ids are the only thing read back.
-    fn step(&mut self, batch: &StepBatch) -> Result<Vec<Sampled>, BackendError> {
-        if self.use_graphs
-            && let Some(key) = graph_key(batch, &self.cap)
-        {
-            return self.step_graph(batch, key);
+    /// Queues one step on the next slot: packed, staged and uploaded, its fed tokens
+    /// copied in, then replayed from a captured decode graph or launched eagerly, and its
+    /// samples copied back. Nothing here waits for the device.
+    fn enqueue(&mut self, batch: &StepBatch) -> Result<(), BackendError> {
+        if self.launched.len() >= self.slots.len() {
+            return Err(BackendError::InvalidBatch(format!("more than {} steps in flight", self.slots.len())));
         }
-        let inputs = StepInputs::build(batch, &self.cap, 1)?;
-        self.upload(&inputs)?;
-        self.timer.start(&self.stream)?;
-        self.forward(&Launch::of(&inputs), &inputs.sample_rows)?;
-        self.timer.end(&self.stream)?;
-        let out = self.read_samples(&inputs, inputs.sample_rows.len())?;
-        self.timer.collect()?;
-        Ok(out)
+        let slot = self.next_slot;
+        let launched = match graph_key(batch, &self.cap).filter(|_| self.use_graphs) {
+            Some(key) => self.enqueue_padded(batch, key, true, slot)?,
+            None => {
+                let inputs = StepInputs::build(batch, &self.cap, 1)?;
+                self.stage(&inputs, slot)?;
+                self.slots[slot].timer.start(&self.stream)?;
+                self.forward(&Launch::of(&inputs), &inputs.sample_rows)?;
+                self.slots[slot].timer.end(&self.stream)?;
+                self.finish_enqueue(&inputs, batch.samples.len(), slot)?
+            }
+        };
+        self.next_slot = (slot + 1) % self.slots.len();
+        self.launched.push_back(launched);
+        Ok(())
     }
 
-    /// Copies a step's inputs into the step buffers (drops the captured graphs when a
-    /// buffer had to move).
-    fn upload(&mut self, inputs: &StepInputs) -> Result<(), BackendError> {
-        self.bufs.upload(&self.stream, inputs)?;
-        if self.bufs.upload_sampling(&self.stream, inputs)? {
+    /// Uploads a step's inputs through `slot`'s pinned staging, then copies its fed tokens
+    /// in from the previous step's samples (still in the sampler's output buffer: this
+    /// step's sampler runs later in the stream). Drops the captured graphs when a buffer
+    /// had to move.
+    fn stage(&mut self, inputs: &StepInputs, slot: usize) -> Result<(), BackendError> {
+        let s = &self.stream;
+        let mut up = self.slots[slot].up.begin(StepBuffers::staged_ints(inputs), inputs.params.len())?;
+        let moved = self.bufs.upload(s, inputs, &mut up)?;
+        up.finish(s)?;
+        if moved {
             self.graphs.clear();
         }
+        let pairs = inputs.feed.len() / 2;
+        if pairs > 0 {
+            let b = &mut self.bufs;
+            self.k
+                .feed_tokens(
+                    s,
+                    FeedArgs {
+                        ids: b.ids.slice_mut(..inputs.num_tokens),
+                        sampled: b.out_token.slice(..),
+                        feed: b.feed.slice(..2 * pairs),
+                        count: pairs,
+                    },
+                )
+                .map_err(kern)?;
+        }
         Ok(())
+    }
+
+    /// Queues the readback of the first `rows` samples into `slot`.
+    fn finish_enqueue(&mut self, inputs: &StepInputs, rows: usize, slot: usize) -> Result<Launched, BackendError> {
+        let top_logprobs: Vec<u32> = inputs.params.iter().take(rows).map(|p| p.top_logprobs).collect();
+        let want_top = top_logprobs.iter().any(|n| *n > 0);
+        let outputs = self.bufs.sample_outputs();
+        self.slots[slot].out.enqueue(&self.stream, outputs, want_top)?;
+        Ok(Launched { slot, rows, top_logprobs })
     }
 }
 
@@ -249,8 +294,31 @@ impl Backend for CudaBackend {
     }
 
     fn execute(&mut self, batch: &StepBatch) -> Result<Vec<Sampled>, BackendError> {
+        if !self.launched.is_empty() || !batch.feed.is_empty() {
+            return Err(BackendError::InvalidBatch("a synchronous step while steps are in flight".into()));
+        }
+        self.launch(batch)?;
+        self.collect()
+    }
+
+    fn launches_async(&self) -> bool {
+        true
+    }
+
+    fn launch(&mut self, batch: &StepBatch) -> Result<(), BackendError> {
         batch.validate(self.num_blocks, self.cfg.vocab_size)?;
-        self.step(batch)
+        if !batch.feed.is_empty() && self.launched.is_empty() {
+            return Err(BackendError::InvalidBatch("fed tokens but no step in flight to feed them".into()));
+        }
+        self.enqueue(batch)
+    }
+
+    fn collect(&mut self) -> Result<Vec<Sampled>, BackendError> {
+        let l = self.launched.pop_front().ok_or_else(|| BackendError::InvalidBatch("collect with no step in flight".into()))?;
+        let slot = &self.slots[l.slot];
+        let out = slot.out.read(&l, self.cfg.vocab_size)?;
+        self.gpu_time.add(slot.timer.elapsed_ns()?);
+        Ok(out)
     }
 
     fn warm_up(&mut self) -> Result<(), BackendError> {
@@ -280,9 +348,9 @@ impl Backend for CudaBackend {
             ("graph_captures", self.graphs.captures),
             ("graph_replays", self.graphs.replays),
             ("graphs_held", self.graphs.len() as u64),
-            ("last_step_gpu_ns", self.timer.last_ns),
-            ("gpu_ns_total", self.timer.total_ns),
-            ("timed_steps", self.timer.steps),
+            ("last_step_gpu_ns", self.gpu_time.last_ns),
+            ("gpu_ns_total", self.gpu_time.total_ns),
+            ("timed_steps", self.gpu_time.steps),
         ]
     }
 }
