@@ -83,6 +83,12 @@ VARIANTS = {
     "only:act": spec(NONE, act=True),
     # What our CPU backend does: f32 throughout, no bf16 (weights are bf16 exactly).
     "cpu-f32": spec(NONE, dtype="float32"),
+    # transformers' own bf16 rounding points, op by op (bf16 residual stream, norm output
+    # rounded then scaled by the bf16 weight, RoPE with bf16 cos/sin and a rounding per
+    # product and sum, SiLU and the gate·up product rounded, bf16 logits), with exact
+    # arithmetic between them: how close an engine that mimics transformers bf16 could get
+    # to it (what is left is accumulation order inside the GEMMs and attention).
+    "m:hf-bf16-mimic": spec(NONE, hf_mimic=True),
 }
 
 
@@ -223,6 +229,8 @@ class Sim:
 
     def forward(self, ids, pos0, kv, r, prefill):
         """Hidden rows after the final norm (and the final rounding of variant r)."""
+        if r.get("hf_mimic"):
+            return self.forward_hf_mimic(ids, pos0, kv)
         dt = getattr(torch, r.get("dtype", "float64"))
         R = rnd
         X = lambda x: f32(x) if r["resid_f32"] else x
@@ -260,11 +268,55 @@ class Sim:
             x = X(x + R(act @ W("mlp.down_proj").T, r["delta_down"]))
         return R(self.rmsnorm(x, self.w("model.norm.weight", dt)), r["final"])
 
+    def forward_hf_mimic(self, ids, pos0, kv):
+        """transformers' LlamaModel in bf16, rounding where it rounds (modeling_llama.py,
+        5.x); f64 between roundings."""
+        dt = torch.float64
+        T = len(ids)
+        x = self.raw["model.embed_tokens.weight"][torch.tensor(ids)].to(dt)  # bf16 values
+        positions = torch.arange(pos0, pos0 + T)
+        freqs = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]
+        emb = torch.cat([freqs, freqs], -1)
+        cos, sin = bf(emb.cos().to(dt))[:, None, :], bf(emb.sin().to(dt))[:, None, :]
+        half = self.hd // 2
+
+        def norm(v, w):  # f32 statistics, rounded to bf16, times the bf16 weight (rounded)
+            v32 = v.to(torch.float32)
+            n = v32 * torch.rsqrt(v32.pow(2).mean(-1, keepdim=True) + self.eps)
+            return bf(w * bf(n.to(dt)))
+
+        def rope(t):
+            rh = torch.cat([-t[..., half:], t[..., :half]], -1)
+            return bf(bf(t * cos) + bf(rh * sin))
+
+        for li in range(self.L):
+            p = f"model.layers.{li}."
+            W = lambda n: self.w(p + n + ".weight", dt)
+            h = norm(x, W("input_layernorm"))
+            q = rope(bf(h @ W("self_attn.q_proj").T).view(T, self.nh, self.hd))
+            k = rope(bf(h @ W("self_attn.k_proj").T).view(T, self.nkv, self.hd))
+            v = bf(h @ W("self_attn.v_proj").T).view(T, self.nkv, self.hd)
+            if li >= len(kv):
+                kv.append((k, v))
+            else:
+                kv[li] = (torch.cat([kv[li][0], k]), torch.cat([kv[li][1], v]))
+            K, V = kv[li]
+            a = bf(self.attention(q, K, V, pos0, True).reshape(T, self.nh * self.hd))
+            x = bf(x + bf(a @ W("self_attn.o_proj").T))
+            h = norm(x, W("post_attention_layernorm"))
+            gate = bf(h @ W("mlp.gate_proj").T)
+            up = bf(h @ W("mlp.up_proj").T)
+            act = bf(bf(gate / (1.0 + torch.exp(-gate))) * up)
+            x = bf(x + bf(act @ W("mlp.down_proj").T))
+        return norm(x, self.w("model.norm.weight", dt))
+
     def logits(self, hrows, r):
         dt = hrows.dtype
         lg = hrows @ self.lm_head_w(dt).T
         if r.get("logits_f32"):
             lg = f32(lg)
+        if r.get("hf_mimic"):
+            lg = bf(lg)
         return lg.to(torch.float64)
 
     def generate_ref(self, prompt, steps):
@@ -292,14 +344,14 @@ class Sim:
         return torch.log_softmax(self.logits(torch.cat(hs), r), -1)
 
 
-def hf_logprobs(model_dir, prompts, ref_toks, dtype, sim):
+def hf_logprobs(model_dir, prompts, ref_toks, dtype, sim, attn="sdpa"):
     """transformers on the teacher-forced sequence: (HF logits, lm_head in f64 from HF's final hidden)."""
     from transformers import LlamaForCausalLM
 
     try:
-        model = LlamaForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        model = LlamaForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
     except TypeError:
-        model = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=dtype)
+        model = LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=dtype, attn_implementation=attn)
     model.eval()
     out_hf, out_head, checks = [], [], []
     W = sim.lm_head_w(torch.float64)
@@ -377,11 +429,15 @@ def run_model(model_dir, a, cuda_parity):
 
     hf_ok = None
     if not a.no_hf:
-        for dt, names in ((torch.bfloat16, ("f:hf-bf16", "f:hf-bf16+f32-head")), (torch.float32, ("hf-f32", None))):
-            if dt == torch.float32 and not want("hf-f32"):
+        # transformers bf16 with its default (sdpa) attention, the same with eager attention
+        # (does transformers agree with itself within the tolerance?), and f32.
+        for dt, names, attn in ((torch.bfloat16, ("f:hf-bf16", "f:hf-bf16+f32-head"), "sdpa"),
+                                (torch.bfloat16, ("f:hf-bf16-eager-attn", None), "eager"),
+                                (torch.float32, ("hf-f32", None), "sdpa")):
+            if names[0] != "f:hf-bf16" and not want(names[0]):
                 continue
             t1 = time.time()
-            lh, lhead, ok = hf_logprobs(model_dir, prompts, ref_toks, dt, sim)
+            lh, lhead, ok = hf_logprobs(model_dir, prompts, ref_toks, dt, sim, attn)
             if dt == torch.bfloat16:
                 hf_ok = ok
             record(names[0], lh, time.time() - t1)
