@@ -33,9 +33,12 @@ def collect(it):
     return toks, first, last
 
 
-@pytest.fixture
-def worker(stack, tiny_model):
-    p = stack.worker(tiny_model, "--kv-blocks", "256")
+@pytest.fixture(params=["sync", "overlap"])
+def worker(request, stack, tiny_model):
+    # Every worker test runs with synchronous steps and with overlapped ones (each step
+    # planned while the previous one runs): the service must not tell them apart.
+    overlap = ["--overlap-steps", "true"] if request.param == "overlap" else []
+    p = stack.worker(tiny_model, "--kv-blocks", "256", *overlap)
     wait_health(p.addr, proc=p)
     return p
 
