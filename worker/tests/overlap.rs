@@ -124,6 +124,53 @@ fn a_cancelled_request_frees_its_blocks_while_a_step_is_in_flight() {
     assert_eq!(core.scheduler.blocks.in_use(), 0);
 }
 
+#[test]
+fn planning_ahead_is_refused_while_a_penalised_sequence_waits_for_its_token() {
+    let cfg = SchedulerConfig {
+        max_batch_tokens: 256,
+        max_running: 4,
+        max_waiting: 16,
+        max_context: 4096,
+        eos_token_ids: vec![],
+        block_hash_seed: 3,
+    };
+    let penalised = SamplingConfig { repetition_penalty: 1.2, ..SamplingConfig::greedy() };
+    for (sampling, ahead) in [(SamplingConfig::greedy(), true), (penalised, false)] {
+        let mut s = Scheduler::new(cfg.clone(), 32);
+        s.add(request("r", prompt(5, 20), sampling, 0, 8)).unwrap();
+        assert!(s.can_plan_ahead(), "nothing is in flight yet");
+        let plan = s.schedule().unwrap();
+        s.advance(&plan);
+        // The sampled token is a placeholder now: penalties would count the wrong ids.
+        assert_eq!(s.can_plan_ahead(), ahead, "{sampling:?}");
+        if ahead {
+            let next = s.schedule().unwrap();
+            assert_eq!(next.batch.feed.len(), 1, "the decode token is fed from the step in flight");
+            assert_eq!(next.batch.feed[0].from_sample, 0);
+        }
+    }
+}
+
+#[test]
+fn planning_ahead_is_refused_when_a_preemption_could_follow() {
+    let cfg = SchedulerConfig {
+        max_batch_tokens: 256,
+        max_running: 4,
+        max_waiting: 16,
+        max_context: 4096,
+        eos_token_ids: vec![],
+        block_hash_seed: 3,
+    };
+    // Two 16-token prompts take a block each of a 3-block pool; their next tokens need two
+    // more, and only one is left, so the next step would preempt.
+    let mut s = Scheduler::new(cfg, 3);
+    s.add(request("a", prompt(6, 16), SamplingConfig::greedy(), 0, 32)).unwrap();
+    s.add(request("b", prompt(7, 16), SamplingConfig::greedy(), 0, 32)).unwrap();
+    let plan = s.schedule().unwrap();
+    s.advance(&plan);
+    assert!(!s.can_plan_ahead());
+}
+
 fn synthetic_engine(blocks: usize, budget: usize, max_running: usize, eos: Vec<u32>) -> EngineCore {
     let cfg = SchedulerConfig {
         max_batch_tokens: budget,

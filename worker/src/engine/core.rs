@@ -64,7 +64,8 @@ pub struct EngineCore {
     overlap: bool,
     /// The launched step whose samples are not applied yet (overlap only).
     in_flight: Option<StepPlan>,
-    /// Steps planned ahead, and steps that had to wait for the one in flight instead.
+    /// Steps planned ahead, and times planning ahead was refused (a preemption or a penalty
+    /// needed the real ids).
     pub planned_ahead: u64,
     pub waited: u64,
 }
@@ -161,15 +162,16 @@ impl EngineCore {
                 plan
             }
         };
-        let next = if self.scheduler.can_plan_ahead() { self.scheduler.schedule() } else { None };
-        match &next {
-            Some(plan) => {
-                self.launcher.launch(&plan.batch)?;
-                self.scheduler.advance(plan);
-                self.planned_ahead += 1;
-            }
-            None if self.scheduler.has_work() => self.waited += 1,
-            None => {}
+        let next = if self.scheduler.can_plan_ahead() {
+            self.scheduler.schedule()
+        } else {
+            self.waited += 1;
+            None
+        };
+        if let Some(plan) = &next {
+            self.launcher.launch(&plan.batch)?;
+            self.scheduler.advance(plan);
+            self.planned_ahead += 1;
         }
         let sampled = self.launcher.collect()?;
         let report = self.apply(&current, &sampled, false)?;
