@@ -126,14 +126,7 @@ fn a_cancelled_request_frees_its_blocks_while_a_step_is_in_flight() {
 
 #[test]
 fn planning_ahead_is_refused_while_a_penalised_sequence_waits_for_its_token() {
-    let cfg = SchedulerConfig {
-        max_batch_tokens: 256,
-        max_running: 4,
-        max_waiting: 16,
-        max_context: 4096,
-        eos_token_ids: vec![],
-        block_hash_seed: 3,
-    };
+    let cfg = sched_cfg(256, 4, vec![]);
     let penalised = SamplingConfig { repetition_penalty: 1.2, ..SamplingConfig::greedy() };
     for (sampling, ahead) in [(SamplingConfig::greedy(), true), (penalised, false)] {
         let mut s = Scheduler::new(cfg.clone(), 32);
@@ -153,14 +146,7 @@ fn planning_ahead_is_refused_while_a_penalised_sequence_waits_for_its_token() {
 
 #[test]
 fn planning_ahead_is_refused_when_a_preemption_could_follow() {
-    let cfg = SchedulerConfig {
-        max_batch_tokens: 256,
-        max_running: 4,
-        max_waiting: 16,
-        max_context: 4096,
-        eos_token_ids: vec![],
-        block_hash_seed: 3,
-    };
+    let cfg = sched_cfg(256, 4, vec![]);
     // Two 16-token prompts take a block each of a 3-block pool; their next tokens need two
     // more, and only one is left, so the next step would preempt.
     let mut s = Scheduler::new(cfg, 3);
@@ -171,15 +157,12 @@ fn planning_ahead_is_refused_when_a_preemption_could_follow() {
     assert!(!s.can_plan_ahead());
 }
 
+fn sched_cfg(budget: usize, max_running: usize, eos: Vec<u32>) -> SchedulerConfig {
+    SchedulerConfig { max_batch_tokens: budget, max_running, max_waiting: 1024, max_context: 4096, eos_token_ids: eos, block_hash_seed: 3 }
+}
+
 fn synthetic_engine(blocks: usize, budget: usize, max_running: usize, eos: Vec<u32>) -> EngineCore {
-    let cfg = SchedulerConfig {
-        max_batch_tokens: budget,
-        max_running,
-        max_waiting: 1024,
-        max_context: 4096,
-        eos_token_ids: eos,
-        block_hash_seed: 3,
-    };
+    let cfg = sched_cfg(budget, max_running, eos);
     EngineCore::new(Scheduler::new(cfg, blocks), Box::new(SyntheticBackend::new(64, blocks, Duration::ZERO, vec![])))
 }
 
