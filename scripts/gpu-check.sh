@@ -182,6 +182,39 @@ for name, r in sorted(allres.items()):
                 f"graphs={r.get('cuda_graphs')} overlap={r.get('overlap')} {r.get('backend_counters', {})}")
 if rows:
     print("\n".join(rows))
+# The bs1 ctx512 decode step rebuilt from the kernel self-test's in-graph times (Minitron-4B:
+# 32 layers, vocab 256000; the lm_head is timed on a 32768-row slice): where the step goes.
+cases = {(c["op"], c["case"]): c for c in allres.get("kernels", {}).get("cases", []) if c.get("time_us")}
+def us(op, case):
+    c = cases.get((op, case))
+    return (c["time_us"], c["bytes"]) if c else (None, 0)
+parts = {
+    "gemv": [("gemv", "t1 n6144 k3072 Bf16", 32), ("gemv", "t1 n3072 k4096 Bf16", 32),
+             ("gemv", "t1 n18432 k3072 SiluMul", 32), ("gemv", "t1 n3072 k9216 Bf16", 32),
+             ("gemv", "t1 n32768 k3072 F32", 256000 / 32768)],
+    "attention": [("attention_decode", "bs1 ctx512", 32)],
+    "norms": [("add_rmsnorm", "rows1 h3072", 64), ("rmsnorm", "rows1 h3072", 1)],
+    "rope+kv": [("rope_kv_write", "nh32 nkv8 hd128 t1", 32)],
+    "embed+sample": [("embedding_gather", "t1 v1000 h3072", 1), ("sample", "greedy bs1 v256000", 1)],
+}
+total, gemv_bytes, missing, line = 0.0, 0, [], []
+for name, items in parts.items():
+    part = 0.0
+    for op, case, n in items:
+        t, b = us(op, case)
+        if t is None:
+            missing.append(f"{op} {case}")
+            continue
+        part += t * n
+        if name == "gemv":
+            gemv_bytes += b * n
+    total += part
+    line.append(f"{name} {part / 1e3:.3f} ms")
+if cases and not missing:
+    floor = f"; GEMV weights' floor {gemv_bytes / (bw * 1e9) * 1e3:.3f} ms" if bw else ""
+    print(f"bs1 ctx512 step census (Σ in-graph kernel times): {total / 1e3:.3f} ms = " + ", ".join(line) + floor)
+elif cases:
+    print("step census: missing " + ", ".join(missing))
 PY
 ls -la "$OUT"
 exit $status

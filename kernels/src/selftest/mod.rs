@@ -3,6 +3,11 @@
 //! kernel with CUDA events and reports the bytes and FLOPs it must move / do, so a fraction
 //! of the floor can be computed against a measured bandwidth.
 //!
+//! Timing replays a CUDA graph of 20 back-to-back launches and divides by 20: the cost of a
+//! kernel inside the backend's decode graphs, without the host's launch latency, which at
+//! a few µs per launch would otherwise be most of a small kernel's figure. A call that cannot
+//! be captured is timed eagerly instead; the report counts both.
+//!
 //! `run_all(ordinal)` returns a [`Report`]. With no GPU it returns a report with `skipped`
 //! set, unless `TOKENFLEET_REQUIRE_GPU=1`, which turns that into an error.
 //! `TOKENFLEET_SELFTEST_ONLY=basic,attn,sample` runs only those groups and
@@ -15,10 +20,11 @@ mod cases_sample;
 pub mod reference;
 pub mod sampler_ref;
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr};
 use serde::Serialize;
 
@@ -61,6 +67,8 @@ pub struct Report {
     pub image: String,
     pub num_sms: usize,
     pub wall_s: f64,
+    /// How `time_us` was taken, and for how many cases each way.
+    pub timing: String,
     pub cases: Vec<CaseResult>,
 }
 
@@ -114,6 +122,7 @@ pub fn run_all(ordinal: usize) -> Result<Report, KernelError> {
             image: String::new(),
             num_sms: 0,
             wall_s: 0.0,
+            timing: String::new(),
             cases: Vec::new(),
         })
     };
@@ -127,12 +136,25 @@ pub fn run_all(ordinal: usize) -> Result<Report, KernelError> {
     }
     let (ctx, kernels) = Kernels::open(ordinal)?;
     let t0 = Instant::now();
-    let stream = ctx.default_stream();
+    // A stream of our own: the default (legacy NULL) stream refuses graph capture. With one
+    // stream, cudarc's cross-stream event tracking has nothing to order; off, it also
+    // records no events inside a capture.
+    // SAFETY: every buffer of the self-test is used on this one stream only.
+    unsafe { ctx.disable_event_tracking() };
+    let stream = ctx.new_stream().map_err(dev("new_stream"))?;
     let timing = !std::env::var("TOKENFLEET_SELFTEST_NO_TIMING").is_ok_and(|v| v == "1");
     let only = std::env::var("TOKENFLEET_SELFTEST_ONLY").ok();
     let wants = |group: &str| only.as_deref().is_none_or(|o| o.split(',').any(|g| g.trim() == group));
-    let mut t =
-        Tester { k: &kernels, ctx: ctx.clone(), stream, rng: Rng::new(0x7f4a_7c15_9e37_79b9 ^ now_seed()), cases: Vec::new(), timing };
+    let mut t = Tester {
+        k: &kernels,
+        ctx: ctx.clone(),
+        stream,
+        rng: Rng::new(0x7f4a_7c15_9e37_79b9 ^ now_seed()),
+        cases: Vec::new(),
+        timing,
+        graph_timed: Cell::new(0),
+        eager_timed: Cell::new(0),
+    };
     if wants("basic") {
         cases_basic::run(&mut t)?;
     }
@@ -153,6 +175,11 @@ pub fn run_all(ordinal: usize) -> Result<Report, KernelError> {
         image: kernels.image().as_str().into(),
         num_sms: kernels.num_sms(),
         wall_s: t0.elapsed().as_secs_f64(),
+        timing: format!(
+            "median per call: CUDA graph of {GRAPH_REPS} launches replayed ({} cases), eager launches between events ({} cases)",
+            t.graph_timed.get(),
+            t.eager_timed.get()
+        ),
         cases: t.cases,
     })
 }
@@ -170,6 +197,23 @@ pub(crate) struct Tester<'k> {
     pub cases: Vec<CaseResult>,
     /// false: `time` returns NaN without running anything.
     pub timing: bool,
+    /// Cases timed inside a CUDA graph, and eagerly (capture refused).
+    graph_timed: Cell<usize>,
+    eager_timed: Cell<usize>,
+}
+
+/// Launches per captured timing graph.
+const GRAPH_REPS: usize = 20;
+
+/// Median µs between consecutive events, per call (`calls` calls between two events).
+fn median_us(marks: &[cudarc::driver::CudaEvent], calls: usize) -> Result<f64, KernelError> {
+    let mut ms: Vec<f64> = Vec::with_capacity(marks.len());
+    for w in marks.windows(2) {
+        ms.push(w[0].elapsed_ms(&w[1]).map_err(dev("elapsed"))? as f64);
+    }
+    ms.sort_by(f64::total_cmp);
+    let mid = ms.get(ms.len() / 2).copied().ok_or_else(|| KernelError::SelfTest("no timed calls".into()))?;
+    Ok(mid * 1000.0 / calls.max(1) as f64)
 }
 
 pub(crate) fn dev(op: &'static str) -> impl Fn(cudarc::driver::DriverError) -> KernelError {
@@ -189,8 +233,9 @@ impl Tester<'_> {
         self.stream.synchronize().map_err(dev("synchronize"))
     }
 
-    /// Median microseconds per call of `f` over `iters` timed calls after 3 warm-ups, each
-    /// call between its own pair of events.
+    /// Median microseconds per call of `f` after 3 warm-ups: over `iters` replays of a CUDA
+    /// graph of [`GRAPH_REPS`] calls, or, when `f` cannot be captured, over `iters` eager
+    /// calls each between its own pair of events.
     pub fn time(&self, iters: usize, mut f: impl FnMut() -> Result<(), KernelError>) -> Result<f64, KernelError> {
         if !self.timing {
             return Ok(f64::NAN);
@@ -198,23 +243,57 @@ impl Tester<'_> {
         for _ in 0..3 {
             f()?;
         }
-        let ev = || self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(dev("new_event"));
-        let mut marks = Vec::with_capacity(iters + 1);
-        for _ in 0..=iters {
-            marks.push(ev()?);
+        self.sync()?;
+        match self.time_in_graph(iters, &mut f) {
+            Ok(us) => {
+                self.graph_timed.set(self.graph_timed.get() + 1);
+                Ok(us)
+            }
+            Err(_) => {
+                self.eager_timed.set(self.eager_timed.get() + 1);
+                self.time_eager(iters, f)
+            }
         }
+    }
+
+    fn events(&self, n: usize) -> Result<Vec<cudarc::driver::CudaEvent>, KernelError> {
+        (0..n).map(|_| self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(dev("new_event"))).collect()
+    }
+
+    fn time_in_graph(&self, iters: usize, f: &mut impl FnMut() -> Result<(), KernelError>) -> Result<f64, KernelError> {
+        self.stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(dev("begin_capture"))?;
+        let mut launched = Ok(());
+        for _ in 0..GRAPH_REPS {
+            launched = f();
+            if launched.is_err() {
+                break;
+            }
+        }
+        // End the capture whatever happened, so the stream is usable again.
+        let ended = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        launched?;
+        let graph = ended.map_err(dev("end_capture"))?.ok_or_else(|| KernelError::SelfTest("empty timing graph".into()))?;
+        graph.launch().map_err(dev("graph launch"))?;
+        self.sync()?;
+        let marks = self.events(iters + 1)?;
+        marks[0].record(&self.stream).map_err(dev("event record"))?;
+        for m in marks.iter().skip(1) {
+            graph.launch().map_err(dev("graph launch"))?;
+            m.record(&self.stream).map_err(dev("event record"))?;
+        }
+        self.sync()?;
+        median_us(&marks, GRAPH_REPS)
+    }
+
+    fn time_eager(&self, iters: usize, mut f: impl FnMut() -> Result<(), KernelError>) -> Result<f64, KernelError> {
+        let marks = self.events(iters + 1)?;
         marks[0].record(&self.stream).map_err(dev("event record"))?;
         for m in marks.iter().skip(1) {
             f()?;
             m.record(&self.stream).map_err(dev("event record"))?;
         }
         self.sync()?;
-        let mut ms: Vec<f64> = Vec::with_capacity(iters);
-        for w in marks.windows(2) {
-            ms.push(w[0].elapsed_ms(&w[1]).map_err(dev("elapsed"))? as f64);
-        }
-        ms.sort_by(f64::total_cmp);
-        Ok(ms[ms.len() / 2] * 1000.0)
+        median_us(&marks, 1)
     }
 
     pub fn push(&mut self, row: CaseResult) {
