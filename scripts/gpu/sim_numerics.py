@@ -90,6 +90,15 @@ VARIANTS = {
     # to it (what is left is accumulation order inside the GEMMs and attention).
     "m:hf-bf16-mimic": spec(NONE, hf_mimic=True),
 }
+# h only where it is nearly free: decode rows (bandwidth-bound GEMVs, 2 rows per token cost
+# about what 1 costs); prefill rows keep the current rounding (their GEMMs are compute-bound).
+VARIANTS["p:h-for-decode-rows"] = spec(VARIANTS["h:g+hilo-gemm-inputs"], prefill_as=VARIANTS["a:current"])
+# Prefill as now, except the last row of the prompt (whose logits are sampled) as h; decode
+# rows as h: one extra GEMM row per sequence in prefill.
+VARIANTS["p2:h-decode+h-last-prefill-row"] = spec(VARIANTS["h:g+hilo-gemm-inputs"],
+                                                  prefill_as=spec(CURRENT, last_row_as=VARIANTS["h:g+hilo-gemm-inputs"]))
+# The lm_head input as hi+lo only (no decode-time cost at all: one GEMV row more).
+VARIANTS["q:current+hilo-head-decode"] = spec(CURRENT, final="hilo")
 
 
 def bf(x):
@@ -229,10 +238,22 @@ class Sim:
 
     def forward(self, ids, pos0, kv, r, prefill):
         """Hidden rows after the final norm (and the final rounding of variant r)."""
+        if prefill and r.get("prefill_as"):
+            return self.forward(ids, pos0, kv, r["prefill_as"], prefill)
         if r.get("hf_mimic"):
             return self.forward_hf_mimic(ids, pos0, kv)
         dt = getattr(torch, r.get("dtype", "float64"))
-        R = rnd
+        last = r.get("last_row_as") if prefill else None
+
+        def mode(rr, point):
+            return (rr["qkv"] or rr["rope"]) if point == "v" else rr[point]
+
+        def R(x, point):
+            if last is None:
+                return rnd(x, mode(r, point))
+            # The last row (the one whose logits are sampled) rounds as `last_row_as` does.
+            return torch.cat([rnd(x[:-1], mode(r, point)), rnd(x[-1:], mode(last, point))])
+
         X = lambda x: f32(x) if r["resid_f32"] else x
         T = len(ids)
         x = self.raw["model.embed_tokens.weight"][torch.tensor(ids)].to(dt)
@@ -243,30 +264,30 @@ class Sim:
         for li in range(self.L):
             p = f"model.layers.{li}."
             W = lambda n: self.w(p + n + ".weight", dt)
-            h = R(self.rmsnorm(x, W("input_layernorm")), r["norm"])
-            q = R(h @ W("self_attn.q_proj").T, r["qkv"]).view(T, self.nh, self.hd)
-            k = R(h @ W("self_attn.k_proj").T, r["qkv"]).view(T, self.nkv, self.hd)
-            v = R(h @ W("self_attn.v_proj").T, r["qkv"] or r["rope"]).view(T, self.nkv, self.hd)  # V: bf16 cache
+            h = R(self.rmsnorm(x, W("input_layernorm")), "norm")
+            q = R(h @ W("self_attn.q_proj").T, "qkv").view(T, self.nh, self.hd)
+            k = R(h @ W("self_attn.k_proj").T, "qkv").view(T, self.nkv, self.hd)
+            v = R(h @ W("self_attn.v_proj").T, "v").view(T, self.nkv, self.hd)  # V: bf16 cache
 
             def rot(t):
                 lo, hi = t[..., :half], t[..., half:]
                 return torch.cat([lo * cos - hi * sin, hi * cos + lo * sin], -1)
 
-            q, k = R(rot(q), r["rope"]), R(rot(k), r["rope"])
+            q, k = R(rot(q), "rope"), R(rot(k), "rope")
             if li >= len(kv):
                 kv.append((k, v))
             else:
                 kv[li] = (torch.cat([kv[li][0], k]), torch.cat([kv[li][1], v]))
             K, V = kv[li]
             a = self.attention(q, K, V, pos0, prefill and r["attn_p"])
-            a = R(a.reshape(T, self.nh * self.hd), r["attn_out"])
-            x = X(x + R(a @ W("self_attn.o_proj").T, r["delta_o"]))
-            h = R(self.rmsnorm(x, W("post_attention_layernorm")), r["norm"])
-            gate = R(h @ W("mlp.gate_proj").T, r["gateup"])
-            up = R(h @ W("mlp.up_proj").T, r["gateup"])
-            act = R(gate / (1.0 + torch.exp(-gate)) * up, r["act"])
-            x = X(x + R(act @ W("mlp.down_proj").T, r["delta_down"]))
-        return R(self.rmsnorm(x, self.w("model.norm.weight", dt)), r["final"])
+            a = R(a.reshape(T, self.nh * self.hd), "attn_out")
+            x = X(x + R(a @ W("self_attn.o_proj").T, "delta_o"))
+            h = R(self.rmsnorm(x, W("post_attention_layernorm")), "norm")
+            gate = R(h @ W("mlp.gate_proj").T, "gateup")
+            up = R(h @ W("mlp.up_proj").T, "gateup")
+            act = R(gate / (1.0 + torch.exp(-gate)) * up, "act")
+            x = X(x + R(act @ W("mlp.down_proj").T, "delta_down"))
+        return R(self.rmsnorm(x, self.w("model.norm.weight", dt)), "final")
 
     def forward_hf_mimic(self, ids, pos0, kv):
         """transformers' LlamaModel in bf16, rounding where it rounds (modeling_llama.py,
