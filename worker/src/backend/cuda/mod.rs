@@ -280,6 +280,17 @@ impl CudaBackend {
     }
 }
 
+impl Drop for CudaBackend {
+    /// Steps may still be in flight (the engine stopped between a launch and its collect):
+    /// their copies target the pinned slots and their kernels the buffers freed below, so
+    /// wait for the stream first.
+    fn drop(&mut self) {
+        if let Err(e) = self.stream.synchronize() {
+            tracing::warn!(error = ?e, "CUDA stream failed while shutting the backend down");
+        }
+    }
+}
+
 impl Backend for CudaBackend {
     fn info(&self) -> BackendInfo {
         self.info.clone()
