@@ -191,7 +191,7 @@ for name, r in sorted(allres.items()):
 if rows:
     print("\n".join(rows))
 # The bs1 ctx512 decode step rebuilt from the kernel self-test's in-graph times (Minitron-4B:
-# 32 layers, vocab 256000; the lm_head is timed on a 32768-row slice): where the step goes.
+# 32 layers, vocab 128256; the lm_head is timed on a 32768-row slice): where the step goes.
 cases = {(c["op"], c["case"]): c for c in allres.get("kernels", {}).get("cases", []) if c.get("time_us")}
 def us(op, case):
     c = cases.get((op, case))
@@ -199,11 +199,11 @@ def us(op, case):
 parts = {
     "gemv": [("gemv", "t1 n6144 k3072 Bf16", 32), ("gemv", "t1 n3072 k4096 Bf16", 32),
              ("gemv", "t1 n18432 k3072 SiluMul", 32), ("gemv", "t1 n3072 k9216 Bf16", 32),
-             ("gemv", "t1 n32768 k3072 F32", 256000 / 32768)],
+             ("gemv", "t1 n32768 k3072 F32", 128256 / 32768)],
     "attention": [("attention_decode", "bs1 ctx512", 32)],
     "norms": [("add_rmsnorm", "rows1 h3072", 64), ("rmsnorm", "rows1 h3072", 1)],
     "rope+kv": [("rope_kv_write", "nh32 nkv8 hd128 t1", 32)],
-    "embed+sample": [("embedding_gather", "t1 v1000 h3072", 1), ("sample", "greedy bs1 v256000", 1)],
+    "embed+sample": [("embedding_gather", "t1 v1000 h3072", 1), ("sample", "greedy bs1 v128256", 1)],
 }
 total, gemv_bytes, missing, line = 0.0, 0, [], []
 for name, items in parts.items():

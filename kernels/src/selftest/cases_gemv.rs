@@ -26,7 +26,7 @@ pub(crate) fn run(t: &mut Tester<'_>) -> Result<(), KernelError> {
         (2, 34, 8, F32),
         (7, 130, 1032, SiluMul),
         // Minitron-4B decode shapes: QKV, o_proj, gate|up (fused), down, and an lm_head slice
-        // (the full 256k × 3072 head would make the host reference the slow part).
+        // (the full 128k × 3072 head would make the host reference the slow part).
         (1, 6144, 3072, Bf16),
         (1, 3072, 4096, Bf16),
         (1, 18_432, 3072, SiluMul),
