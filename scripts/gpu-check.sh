@@ -130,6 +130,24 @@ tier_serving() {
     "cuda_graphs": True, "overlap_steps": sys.argv[4], "max_running": 256}, open(sys.argv[5], "w"))' \
     "$cache" "$t0" "$(date +%s.%N)" "$SERVE_OVERLAP" "$OUT/startup.json"
   cat "$OUT/startup.json"; echo
+  # Served tokens vs concurrency: 16 greedy prompts through `serve`, 16 at a time and one at
+  # a time. Batching changes cuBLAS's kernels, so a near-tie may flip one request; a bug in
+  # batching, graphs or overlap (rows mixed up) changes most of them.
+  for c in 16 1; do
+    "$cli" bench --target worker --addr "http://127.0.0.1:$port" --concurrency "$c" --num-prompts 16 --input-len 64 \
+      --output-len 32 --ignore-eos --seed 5 --save-detailed --disable-progress --json "$OUT/served-c$c.json" >/dev/null || status=1
+  done
+  python3 - "$OUT" <<'PY' || status=1
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+together, alone = (json.loads((out / f"served-c{c}.json").read_text())["output_token_ids"] for c in (16, 1))
+diffs = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), None) for x, y in zip(together, alone)]
+same = sum(d is None and len(x) == len(y) for d, x, y in zip(diffs, together, alone))
+res = {"requests": len(alone), "identical": same, "first_differing_step": diffs, "rule": "≥ 15 of 16 identical"}
+(out / "served-parity.json").write_text(json.dumps(res))
+print("served 16 concurrent vs alone:", json.dumps(res))
+sys.exit(0 if len(alone) == 16 and same >= 15 else 1)
+PY
   for c in 64 256; do
     "$cli" bench --target worker --addr "http://127.0.0.1:$port" --concurrency "$c" --num-prompts "$((c * 2 > 256 ? 256 : c * 2))" \
       --input-len 1000 --output-len 1000 --ignore-eos --warmup 4 --json "$OUT/serving-c$c.json" || status=1

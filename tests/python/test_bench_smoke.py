@@ -76,3 +76,23 @@ def test_bench_rejects_bad_arguments(stack, tiny_model, tmp_path):
                            capture_output=True, text=True, timeout=30)
         assert r.returncode != 0, bad
         assert "error" in r.stderr.lower(), r.stderr
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_served_tokens_do_not_depend_on_concurrency(stack, tiny_model, tmp_path, overlap):
+    """The check gpu-check's `serving` tier runs on the GPU, here on the CPU backend: the same
+    greedy prompts through `serve`, 8 at a time and one at a time, give the same token ids
+    (the CPU backend is batch-invariant, so exactly)."""
+    w = stack.worker(tiny_model, "--kv-blocks", "512", *(["--overlap-steps", "true"] if overlap else []))
+    wait_health(w.addr, proc=w)
+    runs = []
+    for c in (8, 1):
+        out = tmp_path / f"c{c}.json"
+        r = subprocess.run([binary("tokenfleet"), "bench", "--target", "worker", "--addr", w.addr, "--num-prompts", "8",
+                            "--concurrency", str(c), "--input-len", "24", "--output-len", "12", "--ignore-eos", "--seed", "5",
+                            "--save-detailed", "--json", str(out), "--disable-progress"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        runs.append(json.loads(out.read_text())["output_token_ids"])
+    together, alone = runs
+    assert len(together) == 8 and all(len(ids) == 12 for ids in together)
+    assert together == alone

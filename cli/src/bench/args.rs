@@ -171,7 +171,8 @@ pub struct BenchArgs {
     /// Write the result as JSON (vLLM `bench serve` key names).
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Also write per-request lists to the JSON: input_lens, output_lens, ttfts, itls, errors.
+    /// Also write per-request lists to the JSON: input_lens, output_lens, ttfts, itls, errors,
+    /// output_token_ids.
     #[arg(long)]
     pub save_detailed: bool,
     /// A label stored in the JSON.

@@ -26,6 +26,9 @@ pub struct Outcome {
     pub start: f64,
     /// Tokens in each token-carrying chunk (the first at `ttft`, then one per `itl` gap).
     pub chunk_tokens: Vec<u32>,
+    /// The generated token ids, in order (`--save-detailed` writes them, so two runs of the
+    /// same prompts can be compared token for token).
+    pub output_ids: Vec<u32>,
 }
 
 impl Outcome {

@@ -37,7 +37,8 @@ fn put_stats(m: &mut Map<String, Value>, name: &str, s: &Stats) {
 }
 
 /// The JSON result. With `detailed`, the per-request lists vLLM's `--save-detailed` adds
-/// (`input_lens`, `output_lens`, `ttfts` and `itls` in seconds, `errors`).
+/// (`input_lens`, `output_lens`, `ttfts` and `itls` in seconds, `errors`), plus
+/// `output_token_ids` (vLLM keeps `generated_texts`; a worker target has no text).
 pub fn to_json(info: &RunInfo, s: &Summary, outcomes: &[Outcome], detailed: bool) -> Value {
     let mut m = Map::new();
     m.insert("date".into(), json!(info.date));
@@ -71,6 +72,7 @@ pub fn to_json(info: &RunInfo, s: &Summary, outcomes: &[Outcome], detailed: bool
         m.insert("ttfts".into(), json!(outcomes.iter().map(|o| o.ttft).collect::<Vec<_>>()));
         m.insert("itls".into(), json!(outcomes.iter().map(|o| o.itl.clone()).collect::<Vec<_>>()));
         m.insert("errors".into(), json!(outcomes.iter().map(|o| o.error.clone().unwrap_or_default()).collect::<Vec<_>>()));
+        m.insert("output_token_ids".into(), json!(outcomes.iter().map(|o| o.output_ids.clone()).collect::<Vec<_>>()));
     }
     for (k, v) in &info.extra {
         m.insert(k.clone(), v.clone());
@@ -164,6 +166,7 @@ mod tests {
             itl: vec![0.01, 0.02],
             latency: 0.13,
             chunk_tokens: vec![1, 1, 1],
+            output_ids: vec![7, 8, 9],
             ..Default::default()
         };
         let s = summarize(std::slice::from_ref(&o), 1.0, &GoodputSlo { ttft_ms: Some(200.0), ..Default::default() }, &[90.0, 99.0, 99.9]);
@@ -205,6 +208,7 @@ mod tests {
             "ttfts",
             "itls",
             "errors",
+            "output_token_ids",
             "machine",
         ] {
             assert!(v.get(k).is_some(), "missing {k}");
@@ -212,6 +216,7 @@ mod tests {
         assert_eq!(v["request_rate"], json!("inf"));
         assert_eq!(v["max_concurrency"], json!(4));
         assert_eq!(v["total_output_tokens"], json!(3));
+        assert_eq!(v["output_token_ids"], json!([[7, 8, 9]]));
         assert!((v["mean_ttft_ms"].as_f64().unwrap_or(0.0) - 100.0).abs() < 1e-9);
         assert!((v["request_goodput"].as_f64().unwrap_or(0.0) - 1.0).abs() < 1e-9);
         let text = to_text(&info(), &s, None);

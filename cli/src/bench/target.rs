@@ -176,6 +176,7 @@ struct Recorder {
     sent: Instant,
     chunk_times: Vec<f64>,
     chunk_tokens: Vec<u32>,
+    ids: Vec<u32>,
     end: Option<f64>,
     prompt_tokens: Option<usize>,
     completion_tokens: Option<usize>,
@@ -183,14 +184,23 @@ struct Recorder {
 
 impl Recorder {
     fn new(sent: Instant) -> Self {
-        Recorder { sent, chunk_times: Vec::new(), chunk_tokens: Vec::new(), end: None, prompt_tokens: None, completion_tokens: None }
+        Recorder {
+            sent,
+            chunk_times: Vec::new(),
+            chunk_tokens: Vec::new(),
+            ids: Vec::new(),
+            end: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+        }
     }
 
-    fn chunk(&mut self, tokens: usize, last: bool, usage: Option<&v1::Usage>) {
+    fn chunk(&mut self, ids: &[u32], last: bool, usage: Option<&v1::Usage>) {
         let now = self.sent.elapsed().as_secs_f64();
-        if tokens > 0 {
+        if !ids.is_empty() {
             self.chunk_times.push(now);
-            self.chunk_tokens.push(tokens as u32);
+            self.chunk_tokens.push(ids.len() as u32);
+            self.ids.extend_from_slice(ids);
         }
         if last {
             self.end = Some(now);
@@ -220,6 +230,7 @@ impl Recorder {
             latency: self.end.unwrap_or_else(|| self.sent.elapsed().as_secs_f64()),
             start,
             chunk_tokens: self.chunk_tokens,
+            output_ids: self.ids,
         }
     }
 }
@@ -252,7 +263,7 @@ async fn gateway_stream(mut c: GatewayClient, id: String, spec: &RequestSpec, p:
     while let Some(m) = s.next().await {
         let m = m.map_err(|e| status_text(&e))?;
         let last = m.finish_reason.is_some();
-        rec.chunk(m.token_ids.len(), last, m.usage.as_ref());
+        rec.chunk(&m.token_ids, last, m.usage.as_ref());
         if last {
             break;
         }
@@ -285,7 +296,7 @@ async fn worker_stream(
     while let Some(m) = s.next().await {
         let m = m.map_err(|e| status_text(&e))?;
         let last = m.finish_reason.is_some();
-        rec.chunk(m.token_ids.len(), last, m.usage.as_ref());
+        rec.chunk(&m.token_ids, last, m.usage.as_ref());
         if last {
             break;
         }
