@@ -242,6 +242,7 @@ mod tests {
             latency: ttft + itl.iter().sum::<f64>(),
             start,
             chunk_tokens: vec![1; itl.len() + 1],
+            output_ids: Vec::new(),
             error: None,
         }
     }
