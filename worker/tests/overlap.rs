@@ -6,13 +6,16 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use common::*;
 use proptest::prelude::*;
+use tokenfleet_worker::backend::cpu::CpuBackend;
 use tokenfleet_worker::backend::synthetic::SyntheticBackend;
+use tokenfleet_worker::backend::{Backend, BackendError, BackendInfo, StepBatch};
 use tokenfleet_worker::engine::request::EngineRequest;
+use tokenfleet_worker::engine::sampler::Sampled;
 use tokenfleet_worker::engine::sampler::SamplingConfig;
 use tokenfleet_worker::engine::scheduler::SchedulerConfig;
 use tokenfleet_worker::engine::{EngineCore, FinishReason, RequestOutput, Scheduler};
@@ -69,6 +72,66 @@ fn overlap_is_exact_on_the_cpu_backend() {
     }
     assert_eq!(out["r5"].reason, FinishReason::Length);
     assert!(ahead > 10, "steps were planned ahead ({ahead})");
+}
+
+/// A backend with the CUDA backend's contract: `launch` only queues, and a step runs when
+/// it is collected, in launch order, its fed tokens taken from the step before it. So step
+/// n+1 is planned and launched while step n has not computed anything yet.
+struct Deferred {
+    inner: CpuBackend,
+    queued: VecDeque<StepBatch>,
+    last: Vec<Sampled>,
+}
+
+impl Backend for Deferred {
+    fn info(&self) -> BackendInfo {
+        self.inner.info()
+    }
+    fn kv_blocks(&self) -> usize {
+        self.inner.kv_blocks()
+    }
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+    fn execute(&mut self, batch: &StepBatch) -> Result<Vec<Sampled>, BackendError> {
+        assert!(self.queued.is_empty() && batch.feed.is_empty(), "a synchronous step behind queued ones");
+        self.inner.execute(batch)
+    }
+    fn launches_async(&self) -> bool {
+        true
+    }
+    fn launch(&mut self, batch: &StepBatch) -> Result<(), BackendError> {
+        assert!(self.queued.len() < 2, "at most two steps in flight");
+        self.queued.push_back(batch.clone());
+        Ok(())
+    }
+    fn collect(&mut self) -> Result<Vec<Sampled>, BackendError> {
+        let mut b = self.queued.pop_front().expect("a launched step");
+        for f in std::mem::take(&mut b.feed) {
+            b.token_ids[f.token] = self.last[f.from_sample].token;
+        }
+        self.last = self.inner.execute(&b)?;
+        Ok(self.last.clone())
+    }
+}
+
+#[test]
+fn overlap_is_exact_when_launches_only_queue() {
+    let model = tiny_model();
+    let make = || {
+        let backend = Deferred { inner: CpuBackend::new(&model, 128), queued: VecDeque::new(), last: Vec::new() };
+        engine_with(&model, 128, 64, 8, Box::new(backend))
+    };
+    let reqs: Vec<EngineRequest> = (0..6u32)
+        .map(|i| {
+            let cfg = if i % 2 == 0 { SamplingConfig::greedy() } else { sampled_cfg() };
+            let mut r = request(&format!("d{i}"), prompt(60 + i, 7 + 9 * i as usize), cfg, 3 + i as u64, 9 + i);
+            r.min_new_tokens = 2;
+            r
+        })
+        .collect();
+    let (_, ahead, _) = same_both_ways(make, reqs);
+    assert!(ahead > 5, "steps were planned ahead ({ahead})");
 }
 
 #[test]
