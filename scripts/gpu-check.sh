@@ -6,7 +6,8 @@
 #   scripts/gpu-check.sh parity    # CUDA backend vs CPU backend and vs transformers bf16; 16 concurrent = alone (~2 min)
 #   scripts/gpu-check.sh speed     # Minitron-4B shape: bs1 decode (graphs, graphs + overlap, eager), prefill 2048, bs 8/32/64 (+ bs64 overlap); transformers peer (~3 min)
 #   scripts/gpu-check.sh speed2    # separate call: bs1 at 4096 context, bs128, bs 8/32/64 at 2048 context, prefill 512/8192
-#   scripts/gpu-check.sh serving   # separate call: startup to SERVING (cold page cache where allowed), then tokenfleet bench 1000-in/1000-out at concurrency 64 and 256 against serve --backend cuda
+#   scripts/gpu-check.sh serving   # separate call: startup to SERVING (cold page cache where allowed), served tokens 16-at-once vs alone, then tokenfleet bench 1000-in/1000-out at concurrency 64 and 256 against serve --backend cuda
+#   scripts/gpu-check.sh peer      # separate call: transformers bs1 eager and with static cache + torch.compile, our bs1, bs128
 #
 # The machine has no Rust and no network: scripts/build-gpu-bundle.sh builds the release
 # binaries here into dist/, which travels with the tree: tokenfleet-worker with `--features
@@ -156,13 +157,18 @@ PY
   grep -E "kv_blocks|CUDA backend ready" "$log" | head -3
 }
 
-# `peer`: only the transformers bs1 peer and the largest batch (a short rerun).
+# `peer`: the transformers bs1 peer, eager and with static cache + torch.compile, next to our
+# bs1 in the same call, then the largest batch.
 tier_peer() {
   log "peer"
   MINI="$(gen minitron-4b minitron-4b)" || { status=1; return; }
   python3 "$ROOT/scripts/gpu/hf_peer.py" "$MINI" "$OUT/speed-transformers-bs1.json" --prompt-len 512 --new 64 || status=1
-  bench bs128-ctx512 --batch 128 --prompt-len 512 --gen-len 32 --repeats 1
-  bench bs1-ctx512 --batch 1 --prompt-len 512 --gen-len 64 --repeats 3
+  bench bs1-ctx512 --batch 1 --prompt-len 512 --gen-len 64 --repeats 3 --cuda-graphs true
+  # The stronger peer: static KV cache + torch.compile ("where it works": compiling takes a
+  # minute or two, and a failure is recorded, not fatal).
+  timeout 200 python3 "$ROOT/scripts/gpu/hf_peer.py" "$MINI" "$OUT/speed-transformers-static-bs1.json" --prompt-len 512 \
+    --new 64 --static || echo "gpu-check: transformers with static cache + torch.compile did not finish (rc $?)" >&2
+  bench bs128-ctx512 --batch 128 --prompt-len 512 --gen-len 32 --repeats 1 --cuda-graphs true
 }
 
 [[ $# -gt 0 ]] || set -- kernels parity speed
