@@ -24,13 +24,27 @@ fn sampled_cfg() -> SamplingConfig {
     SamplingConfig { temperature: 0.9, top_p: 0.95, top_k: 50, ..Default::default() }
 }
 
+/// The outcomes without `cached_prompt_tokens`: a prefix-cache statistic that depends on
+/// when a request is admitted, and with overlap a request waiting for a free running slot
+/// is admitted one step later (the sequence leaving is still running while the next step is
+/// planned), by which time more of its prefix may be cached.
+fn outputs(o: &HashMap<String, Outcome>) -> HashMap<String, Outcome> {
+    o.iter()
+        .map(|(id, out)| {
+            let mut out = out.clone();
+            out.usage.cached_prompt_tokens = 0;
+            (id.clone(), out)
+        })
+        .collect()
+}
+
 /// Runs `reqs` to completion with overlap off and on; asserts identical outcomes and a
 /// clean pool, and returns the overlapped engine's (planned ahead, waited) counts.
 fn same_both_ways(make: impl Fn() -> EngineCore, reqs: Vec<EngineRequest>) -> (HashMap<String, Outcome>, u64, u64) {
     let sync = run_all(&mut make(), reqs.clone());
     let mut core = make().with_overlap(true);
     let overlapped = run_all(&mut core, reqs);
-    assert_eq!(sync, overlapped, "overlap changed an output");
+    assert_eq!(outputs(&sync), outputs(&overlapped), "overlap changed an output");
     // A step planned for a sequence that its predecessor's token then stopped may still be
     // in flight; it drains without sending anything.
     let mut drains = 0;
@@ -230,7 +244,7 @@ fn synthetic_engine(blocks: usize, budget: usize, max_running: usize, eos: Vec<u
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
     /// Random request mixes over a small vocabulary (so the synthetic backend hits EOS and
     /// stop ids often) and a small pool (so preemption happens): overlap never changes an
     /// outcome and never leaks a block.
