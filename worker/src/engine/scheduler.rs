@@ -255,7 +255,11 @@ impl Scheduler {
 
         // Admit waiting sequences while budget and room remain — but not in a step that
         // had to preempt: the freed blocks belong to the sequences that are running.
-        while budget > 0 && self.running.len() < self.cfg.max_running && plan.preempted.is_empty() {
+        // A sequence whose in-flight token ends it by length leaves when that step resolves:
+        // its running slot goes to a waiting request now (as it would without overlap), so
+        // the step holds at most `max_running` sequences either way.
+        let leaving = self.running.iter().filter(|s| s.unresolved() > 0 && s.ends_by_length(self.cfg.max_context)).count();
+        while budget > 0 && self.running.len() - leaving < self.cfg.max_running && plan.preempted.is_empty() {
             let Some((&key, _)) = self.waiting.iter().next() else {
                 break;
             };
