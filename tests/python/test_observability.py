@@ -35,7 +35,7 @@ def traffic(gw_addr, n=4):
 @pytest.fixture
 def observed(stack, tiny_model):
     wm, gm = free_port(), free_port()
-    wk = stack.worker(tiny_model, "--kv-blocks", "256", "--metrics-listen", f"127.0.0.1:{wm}")
+    wk = stack.worker(tiny_model, "--kv-blocks", "256", "--metrics-listen", f"127.0.0.1:{wm}", "--overlap-steps", "true")
     wait_health(wk.addr, proc=wk)
     g = stack.gateway([wk], "--metrics-listen", f"127.0.0.1:{gm}")
     wait_health(g.addr, proc=g)
@@ -81,6 +81,8 @@ scrape_configs:
             'vllm:cache_config_info{block_size="16",num_gpu_blocks="256"}': lambda v: v == 1,
             "tokenfleet_worker_generation_tokens_total": lambda v: v >= 32,
             "tokenfleet_worker_kv_blocks": lambda v: v == 256,
+            # The worker runs with --overlap-steps: decode steps are planned ahead.
+            "tokenfleet_worker_steps_planned_ahead_total": lambda v: v >= 4,
             'tokenfleet_gateway_requests_total{method="GenerateStream",code="Ok"}': lambda v: v >= 4,
             "tokenfleet_gateway_time_to_first_token_seconds_count": lambda v: v >= 4,
             "tokenfleet_gateway_generation_tokens_total": lambda v: v >= 32,

@@ -26,6 +26,9 @@ pub struct LoadStats {
     pub generated_tokens: u64,
     pub prompt_tokens: u64,
     pub preemptions: u64,
+    /// Steps planned while the previous one ran, and refusals to plan ahead (overlap).
+    pub planned_ahead: u64,
+    pub plan_ahead_refused: u64,
     pub resumed: u64,
     pub finished: u64,
     pub steps: u64,
@@ -245,6 +248,8 @@ fn publish(core: &mut EngineCore, shared: &Shared, step: Option<(u32, u32, f64)>
         l.generated_tokens = s.counters.generated_tokens;
         l.prompt_tokens = s.counters.prompt_tokens;
         l.preemptions = s.counters.preemptions;
+        l.planned_ahead = core.planned_ahead;
+        l.plan_ahead_refused = core.waited;
         l.resumed = s.counters.resumed;
         l.finished = s.counters.finished;
         if let Some((b, t, ms)) = step {

@@ -52,6 +52,8 @@ pub struct WorkerMetrics {
     kv_usage: Gauge<f64, AtomicU64>,
     prefix_hit_rate: Gauge<f64, AtomicU64>,
     preemptions: Mirror,
+    planned_ahead: Mirror,
+    plan_ahead_refused: Mirror,
     prompt_tokens: Mirror,
     generation_tokens: Mirror,
     finished: Mirror,
@@ -91,6 +93,8 @@ impl WorkerMetrics {
             kv_usage: Gauge::default(),
             prefix_hit_rate: Gauge::default(),
             preemptions: Mirror::default(),
+            planned_ahead: Mirror::default(),
+            plan_ahead_refused: Mirror::default(),
             prompt_tokens: Mirror::default(),
             generation_tokens: Mirror::default(),
             finished: Mirror::default(),
@@ -117,6 +121,16 @@ impl WorkerMetrics {
                 m.prefix_hit_rate.clone(),
             );
             r.register("preemptions", "Requests preempted by recompute", m.preemptions.counter.clone());
+            r.register(
+                "steps_planned_ahead",
+                "Engine steps planned while the previous step ran (--overlap-steps)",
+                m.planned_ahead.counter.clone(),
+            );
+            r.register(
+                "steps_plan_ahead_refused",
+                "Times the engine waited for the step in flight instead (a preemption or a penalty needed the real ids)",
+                m.plan_ahead_refused.counter.clone(),
+            );
             r.register("prompt_tokens", "Prompt tokens admitted", m.prompt_tokens.counter.clone());
             r.register("generation_tokens", "Tokens generated", m.generation_tokens.counter.clone());
             r.register("requests_finished", "Requests finished (any reason)", m.finished.counter.clone());
@@ -159,6 +173,8 @@ impl Collect for WorkerMetrics {
         let hit = if l.prefix_lookup_tokens > 0 { l.prefix_hit_tokens as f64 / l.prefix_lookup_tokens as f64 } else { 0.0 };
         self.prefix_hit_rate.set(hit);
         self.preemptions.set_total(l.preemptions);
+        self.planned_ahead.set_total(l.planned_ahead);
+        self.plan_ahead_refused.set_total(l.plan_ahead_refused);
         self.prompt_tokens.set_total(l.prompt_tokens);
         self.generation_tokens.set_total(l.generated_tokens);
         self.finished.set_total(l.finished);
