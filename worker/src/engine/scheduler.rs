@@ -216,7 +216,7 @@ impl Scheduler {
         while i < self.running.len() && budget > 0 {
             // A sequence whose in-flight token is its last (by length) ends when that step
             // resolves: planning it again would only compute a row to throw away.
-            if self.running[i].unresolved() > 0 && self.running[i].ends_by_length(self.cfg.max_context) {
+            if self.running[i].leaves_when_resolved(self.cfg.max_context) {
                 i += 1;
                 continue;
             }
@@ -258,7 +258,7 @@ impl Scheduler {
         // A sequence whose in-flight token ends it by length leaves when that step resolves:
         // its running slot goes to a waiting request now (as it would without overlap), so
         // the step holds at most `max_running` sequences either way.
-        let leaving = self.running.iter().filter(|s| s.unresolved() > 0 && s.ends_by_length(self.cfg.max_context)).count();
+        let leaving = self.running.iter().filter(|s| s.leaves_when_resolved(self.cfg.max_context)).count();
         while budget > 0 && self.running.len() - leaving < self.cfg.max_running && plan.preempted.is_empty() {
             let Some((&key, _)) = self.waiting.iter().next() else {
                 break;
@@ -395,7 +395,7 @@ impl Scheduler {
                 Some(FinishReason::StopToken)
             } else if !seq.req.ignore_eos && self.cfg.eos_token_ids.contains(&s.token) {
                 Some(FinishReason::Eos)
-            } else if seq.generated_resolved() >= seq.req.max_new_tokens as usize || seq.resolved >= self.cfg.max_context {
+            } else if seq.reaches_length(seq.resolved, self.cfg.max_context) {
                 Some(FinishReason::Length)
             } else {
                 None

@@ -75,11 +75,6 @@ impl Sequence {
         self.tokens.len() - self.prompt_len
     }
 
-    /// Generated tokens whose ids are known.
-    pub fn generated_resolved(&self) -> usize {
-        self.resolved - self.prompt_len
-    }
-
     /// Placeholders at the tail of `tokens`.
     pub fn unresolved(&self) -> usize {
         self.tokens.len() - self.resolved
@@ -138,9 +133,16 @@ impl Sequence {
         self.fed_from = None;
     }
 
-    /// Whether the sequence ends by length once its placeholders resolve, whatever their ids.
-    pub fn ends_by_length(&self, max_context: usize) -> bool {
-        self.generated() >= self.req.max_new_tokens as usize || self.tokens.len() >= max_context
+    /// Whether a sequence of `len` tokens has reached its length limit (`max_new_tokens`
+    /// generated, or the context limit).
+    pub fn reaches_length(&self, len: usize, max_context: usize) -> bool {
+        len - self.prompt_len >= self.req.max_new_tokens as usize || len >= max_context
+    }
+
+    /// Whether the sequence ends by length when its in-flight token resolves, whatever its
+    /// id: nothing more to plan for it, and its running slot is as good as free.
+    pub fn leaves_when_resolved(&self, max_context: usize) -> bool {
+        self.unresolved() > 0 && self.reaches_length(self.tokens.len(), max_context)
     }
 
     /// Whether this sequence's next sample depends on ids it does not know yet (penalties
