@@ -39,7 +39,7 @@ fn outputs(o: &HashMap<String, Outcome>) -> HashMap<String, Outcome> {
 }
 
 /// Runs `reqs` to completion with overlap off and on; asserts identical outcomes and a
-/// clean pool, and returns the overlapped engine's (planned ahead, waited) counts.
+/// clean pool, and returns the overlapped engine's (planned ahead, plan-ahead refused) counts.
 fn same_both_ways(make: impl Fn() -> EngineCore, reqs: Vec<EngineRequest>) -> (HashMap<String, Outcome>, u64, u64) {
     let sync = run_all(&mut make(), reqs.clone());
     let mut core = make().with_overlap(true);
@@ -55,7 +55,7 @@ fn same_both_ways(make: impl Fn() -> EngineCore, reqs: Vec<EngineRequest>) -> (H
     assert!(drains <= 1, "at most one step stays in flight ({drains})");
     assert_eq!(core.scheduler.blocks.in_use(), 0, "every block is released");
     core.scheduler.blocks.check_invariants().unwrap();
-    (overlapped, core.planned_ahead, core.waited)
+    (overlapped, core.planned_ahead, core.plan_ahead_refused)
 }
 
 #[test]
@@ -157,8 +157,8 @@ fn penalties_and_preemption_wait_for_the_step_in_flight() {
     reqs.push(request("pen", prompt(31, 12), penalised, 5, 12));
     // 12 blocks for six 40-token generations force preemption by recompute.
     let make = || engine(&model, 12, 512, 8);
-    let (_, _, waited) = same_both_ways(make, reqs.clone());
-    assert!(waited > 0, "preemption or penalties must make some steps wait");
+    let (_, _, refused) = same_both_ways(make, reqs.clone());
+    assert!(refused > 0, "preemption or penalties must make some steps wait");
     let mut probe = make().with_overlap(true);
     run_all(&mut probe, reqs);
     assert!(probe.scheduler.counters.preemptions > 0, "the small pool must force preemption");

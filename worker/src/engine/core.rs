@@ -67,7 +67,7 @@ pub struct EngineCore {
     /// Steps planned ahead, and times planning ahead was refused (a preemption or a penalty
     /// needed the real ids).
     pub planned_ahead: u64,
-    pub waited: u64,
+    pub plan_ahead_refused: u64,
 }
 
 impl EngineCore {
@@ -79,7 +79,7 @@ impl EngineCore {
             overlap: false,
             in_flight: None,
             planned_ahead: 0,
-            waited: 0,
+            plan_ahead_refused: 0,
         }
     }
 
@@ -165,7 +165,7 @@ impl EngineCore {
         let next = if self.scheduler.can_plan_ahead() {
             self.scheduler.schedule()
         } else {
-            self.waited += 1;
+            self.plan_ahead_refused += 1;
             None
         };
         if let Some(plan) = &next {

@@ -249,7 +249,7 @@ fn publish(core: &mut EngineCore, shared: &Shared, step: Option<(u32, u32, f64)>
         l.prompt_tokens = s.counters.prompt_tokens;
         l.preemptions = s.counters.preemptions;
         l.planned_ahead = core.planned_ahead;
-        l.plan_ahead_refused = core.waited;
+        l.plan_ahead_refused = core.plan_ahead_refused;
         l.resumed = s.counters.resumed;
         l.finished = s.counters.finished;
         if let Some((b, t, ms)) = step {
