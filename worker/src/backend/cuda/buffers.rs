@@ -9,7 +9,7 @@ use tokenfleet_kernels::ops::SampleParams;
 use tokenfleet_kernels::shapes::SAMPLE_STATS_CHUNK;
 
 use super::super::cuda_plan::{StepCapacity, TOP_LOGPROBS_STRIDE};
-use super::inflight::{SampleBuffers, StagedUpload};
+use super::inflight::{SampleBuffers, UploadStaging};
 use super::{dev, sample_params};
 use crate::backend::{BackendError, StepBatch};
 use crate::model::ModelConfig;
@@ -118,25 +118,9 @@ impl StepBuffers {
         Ok(moved)
     }
 
-    /// Ints staged for one step's copies (the pinned area's size).
-    pub fn staged_ints(i: &StepInputs) -> usize {
-        i.ids.len()
-            + i.positions.len()
-            + i.slots.len()
-            + i.block_tables.len()
-            + i.context_lens.len()
-            + i.query_starts.len()
-            + i.feed.len()
-            + i.pen_offsets.len()
-            + i.pen_ids.len()
-            + i.pen_counts.len()
-            + i.sup_offsets.len()
-            + i.sup_ids.len()
-    }
-
-    /// Queues the copies of a step's inputs through pinned staging; `true` when a sparse
-    /// sampler list had to grow (its buffer moved, so captured graphs are stale).
-    pub fn upload(&mut self, s: &Arc<CudaStream>, i: &StepInputs, up: &mut StagedUpload<'_>) -> Result<bool, BackendError> {
+    /// Queues the copies of a step's inputs through `staging` (pinned); `true` when a
+    /// sparse sampler list had to grow (its buffer moved, so captured graphs are stale).
+    pub fn upload(&mut self, s: &Arc<CudaStream>, i: &StepInputs, staging: &mut UploadStaging) -> Result<bool, BackendError> {
         let mut moved = false;
         for (buf, need) in
             [(&mut self.pen_ids, i.pen_ids.len()), (&mut self.pen_counts, i.pen_counts.len()), (&mut self.sup_ids, i.sup_ids.len())]
@@ -146,19 +130,28 @@ impl StepBuffers {
                 moved = true;
             }
         }
-        up.ints(s, &i.ids, &mut self.ids)?;
-        up.ints(s, &i.positions, &mut self.positions)?;
-        up.ints(s, &i.slots, &mut self.slots)?;
-        up.ints(s, &i.block_tables, &mut self.block_tables)?;
-        up.ints(s, &i.context_lens, &mut self.context_lens)?;
-        up.ints(s, &i.query_starts, &mut self.query_starts)?;
-        up.ints(s, &i.feed, &mut self.feed)?;
+        // Every int array of the step with its device buffer: the one list both the staging
+        // size and the copies come from.
+        let ints: [(&[i32], &mut CudaSlice<i32>); 12] = [
+            (&i.ids, &mut self.ids),
+            (&i.positions, &mut self.positions),
+            (&i.slots, &mut self.slots),
+            (&i.block_tables, &mut self.block_tables),
+            (&i.context_lens, &mut self.context_lens),
+            (&i.query_starts, &mut self.query_starts),
+            (&i.feed, &mut self.feed),
+            (&i.pen_offsets, &mut self.pen_offsets),
+            (&i.pen_ids, &mut self.pen_ids),
+            (&i.pen_counts, &mut self.pen_counts),
+            (&i.sup_offsets, &mut self.sup_offsets),
+            (&i.sup_ids, &mut self.sup_ids),
+        ];
+        let mut up = staging.begin(ints.iter().map(|(src, _)| src.len()).sum(), i.params.len())?;
+        for (src, dst) in ints {
+            up.ints(s, src, dst)?;
+        }
         up.params(s, &i.params, &mut self.params)?;
-        up.ints(s, &i.pen_offsets, &mut self.pen_offsets)?;
-        up.ints(s, &i.pen_ids, &mut self.pen_ids)?;
-        up.ints(s, &i.pen_counts, &mut self.pen_counts)?;
-        up.ints(s, &i.sup_offsets, &mut self.sup_offsets)?;
-        up.ints(s, &i.sup_ids, &mut self.sup_ids)?;
+        up.finish(s)?;
         Ok(moved)
     }
 

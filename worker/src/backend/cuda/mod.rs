@@ -246,10 +246,7 @@ impl CudaBackend {
     /// had to move.
     fn stage(&mut self, inputs: &StepInputs, slot: usize) -> Result<(), BackendError> {
         let s = &self.stream;
-        let mut up = self.slots[slot].up.begin(StepBuffers::staged_ints(inputs), inputs.params.len())?;
-        let moved = self.bufs.upload(s, inputs, &mut up)?;
-        up.finish(s)?;
-        if moved {
+        if self.bufs.upload(s, inputs, &mut self.slots[slot].up)? {
             self.graphs.clear();
         }
         let pairs = inputs.feed.len() / 2;
