@@ -14,8 +14,18 @@ use std::process::Command;
 use std::sync::Mutex;
 
 /// One `.cu` per op family (kernels/cuda/NAME.cu).
-const MODULES: &[&str] =
-    &["embedding", "rmsnorm", "rope_kv", "silu_mul", "attention_prefill", "attention_decode", "sampling", "sampling_stats", "gemv"];
+const MODULES: &[&str] = &[
+    "embedding",
+    "rmsnorm",
+    "rope_kv",
+    "silu_mul",
+    "attention_prefill",
+    "attention_decode",
+    "sampling",
+    "sampling_stats",
+    "gemv",
+    "gemv_mma",
+];
 
 /// (file suffix, nvcc target flags, is cubin)
 const TARGETS: &[(&str, &[&str], bool)] = &[

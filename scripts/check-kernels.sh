@@ -5,7 +5,8 @@
 #   2. fails on any kernel with spill bytes or a stack frame;
 #   3. with cuobjdump, checks the SASS: tensor-core MMA in prefill attention (HMMA on sm_80,
 #      HMMA or HGMMA on sm_90a) and 128-bit global loads in the streaming kernels (decode
-#      attention, embedding, norms, SiLU·mul, small-batch GEMV);
+#      attention, embedding, norms, SiLU·mul, both small-batch GEMVs) and tensor-core MMA
+#      in the tensor-core GEMV;
 #   4. builds, lints and unit-tests tokenfleet-kernels with `--features cuda` (build.rs
 #      embeds the images and enforces the same no-spill rule; the host-side tests need no
 #      GPU), then lints the worker with `--features cuda` and runs its backend unit tests.
@@ -93,9 +94,11 @@ checks = []  # (module, arch, kernel prefix, what, regex)
 for arch in ("sm_80", "sm_90a"):
     mma = r"\bHMMA\b" if arch == "sm_80" else r"\b(HMMA|HGMMA)\b"
     checks.append(("attention_prefill", arch, "tf_attn_prefill", "tensor-core MMA", mma))
+    checks.append(("gemv_mma", arch, "tf_gemv_mma_", "tensor-core MMA", mma))
     ld128 = r"\bLDG\.E(\.[A-Z0-9_]+)*\.128\b"
     for mod, prefix in (("attention_decode", "tf_attn_decode_hd"), ("embedding", "tf_embedding_gather"),
-                        ("rmsnorm", "tf_"), ("silu_mul", "tf_silu_mul"), ("gemv", "tf_gemv_")):
+                        ("rmsnorm", "tf_"), ("silu_mul", "tf_silu_mul"), ("gemv", "tf_gemv_"),
+                        ("gemv_mma", "tf_gemv_mma_")):
         checks.append((mod, arch, prefix, "128-bit loads", ld128))
 sass_rows = []
 for mod, arch, prefix, what, rx in checks:

@@ -45,14 +45,6 @@ TF_DEV void ldsm_x4_t(uint32_t addr, uint32_t (&r)[4]) {
                : "r"(addr));
 }
 
-TF_DEV void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // Byte offset of 16-byte chunk `c` of row `r` in a swizzled [rows][HD] bf16 tile.
 template <int HD>
 TF_DEV uint32_t swz(int r, int c) {
@@ -158,8 +150,8 @@ TF_DEV void attn_prefill(const __nv_bfloat16* __restrict__ q, long long q_stride
       for (int np = 0; np < kKeys / 16; ++np) {
         uint32_t b[4];
         ldsm_x4(sk + swz<HD>(np * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1)), b);
-        mma_bf16(s[2 * np], qa[kk], b[0], b[1]);
-        mma_bf16(s[2 * np + 1], qa[kk], b[2], b[3]);
+        tf::mma_bf16(s[2 * np], qa[kk], b[0], b[1]);
+        tf::mma_bf16(s[2 * np + 1], qa[kk], b[2], b[3]);
       }
     }
     __syncthreads();  // every warp is done with sK
@@ -226,8 +218,8 @@ TF_DEV void attn_prefill(const __nv_bfloat16* __restrict__ q, long long q_stride
       for (int dp = 0; dp < HD / 16; ++dp) {
         uint32_t b[4];
         ldsm_x4_t(sv + swz<HD>(ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, dp * 2 + (lane >> 4)), b);
-        mma_bf16(o[2 * dp], a, b[0], b[1]);
-        mma_bf16(o[2 * dp + 1], a, b[2], b[3]);
+        tf::mma_bf16(o[2 * dp], a, b[0], b[1]);
+        tf::mma_bf16(o[2 * dp + 1], a, b[2], b[3]);
       }
     }
     __syncthreads();  // every warp is done with sV before the next tile overwrites it

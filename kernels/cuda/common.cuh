@@ -72,4 +72,23 @@ TF_DEV unsigned order_key(float v) {
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
+// silu(g)·u in f32 exactly as the CPU reference computes it: g / (1 + e^-g) with the accurate
+// expf, each step rounded to nearest (no contraction into an FMA).
+TF_DEV float silu_mul(float g, float u) { return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u); }
+
+// d += A·B on tensor cores, mma.sync m16n8k16 (bf16 in, f32 accumulate). With g = lane / 4
+// and q = lane % 4, the fragments are (PTX ISA, "Matrix Fragments for mma.m16n8k16"):
+//   a[0]: A[g][2q, 2q+1]     a[1]: A[g+8][2q, 2q+1]
+//   a[2]: A[g][2q+8, 2q+9]   a[3]: A[g+8][2q+8, 2q+9]
+//   b0:   B[2q, 2q+1][g]     b1:   B[2q+8, 2q+9][g]
+//   d[0], d[1]: D[g][2q, 2q+1]   d[2], d[3]: D[g+8][2q, 2q+1]
+// (each 32-bit register holds two bf16, the lower-indexed element in the low half).
+TF_DEV void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 }  // namespace tf

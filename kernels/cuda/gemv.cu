@@ -86,9 +86,7 @@ TF_DEV void gemv(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __res
       // Columns 2w, 2w+1 are adjacent: one 4-byte store.
       *reinterpret_cast<uint32_t*>(static_cast<__nv_bfloat16*>(out) + (size_t)t * out_cols + r0) = tf::pack2(acc0[t], acc1[t]);
     } else {
-      const float g = acc0[t], up = acc1[t];
-      const float act = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), up);
-      static_cast<__nv_bfloat16*>(out)[(size_t)t * out_cols + pair] = __float2bfloat16_rn(act);
+      static_cast<__nv_bfloat16*>(out)[(size_t)t * out_cols + pair] = __float2bfloat16_rn(tf::silu_mul(acc0[t], acc1[t]));
     }
   }
 }

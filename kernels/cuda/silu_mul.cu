@@ -15,6 +15,6 @@ tf_silu_mul(const __nv_bfloat16* __restrict__ gate_up, int inter, int num_tokens
   tf::unpack8(tf::ldg16(row + (size_t)c * 8), g);
   tf::unpack8(tf::ldg16(row + inter + (size_t)c * 8), u);
 #pragma unroll
-  for (int i = 0; i < 8; ++i) o[i] = __fmul_rn(__fdiv_rn(g[i], __fadd_rn(1.0f, expf(-g[i]))), u[i]);
+  for (int i = 0; i < 8; ++i) o[i] = tf::silu_mul(g[i], u[i]);
   *reinterpret_cast<uint4*>(out + (size_t)t * inter + (size_t)c * 8) = tf::pack8(o);
 }

@@ -35,8 +35,10 @@ pub(crate) struct Functions {
     pub decode_merge: [CudaFunction; 2],
     pub sample: CudaFunction,
     pub sample_stats: CudaFunction,
-    /// [bf16, f32, silu][t - 1] for t = 1..=8 activation rows.
+    /// Row-pair GEMV, [bf16, f32, silu][t - 1] for t = 1..=8 activation rows.
     pub gemv: [[CudaFunction; 8]; 3],
+    /// Tensor-core GEMV, [bf16, f32, silu][t - 1] for t = 1..=16 activation rows.
+    pub gemv_mma: [[CudaFunction; 16]; 3],
 }
 
 /// The kernels loaded on one device (context), with one checked launcher per op (see the
@@ -114,13 +116,18 @@ impl Kernels {
                 get("attention_decode", &format!("tf_attn_decode_hd{hd}_g8"))?,
             ])
         };
-        let gemv_row = |mode: &str| -> Result<[CudaFunction; 8], KernelError> {
-            let mut v = Vec::with_capacity(8);
-            for t in 1..=8 {
-                v.push(get("gemv", &format!("tf_gemv_{mode}_t{t}"))?);
-            }
-            v.try_into().map_err(|_| KernelError::SelfTest("gemv kernels missing".into()))
-        };
+        // tf_{prefix}_{mode}_t1 ..= _t{N} of `module`.
+        fn by_rows<const N: usize>(
+            get: &impl Fn(&str, &str) -> Result<CudaFunction, KernelError>,
+            module: &str,
+            prefix: &str,
+            mode: &str,
+        ) -> Result<[CudaFunction; N], KernelError> {
+            let v = (1..=N).map(|t| get(module, &format!("tf_{prefix}_{mode}_t{t}"))).collect::<Result<Vec<_>, _>>()?;
+            v.try_into().map_err(|_| KernelError::SelfTest(format!("{prefix} kernels missing")))
+        }
+        let gemv_row = |mode: &str| by_rows::<8>(&get, "gemv", "gemv", mode);
+        let gemv_mma_row = |mode: &str| by_rows::<16>(&get, "gemv_mma", "gemv_mma", mode);
         let f = Functions {
             embedding: get("embedding", "tf_embedding_gather")?,
             feed_tokens: get("embedding", "tf_feed_tokens")?,
@@ -134,6 +141,7 @@ impl Kernels {
             sample: get("sampling", "tf_sample")?,
             sample_stats: get("sampling_stats", "tf_sample_stats")?,
             gemv: [gemv_row("bf16")?, gemv_row("f32")?, gemv_row("silu")?],
+            gemv_mma: [gemv_mma_row("bf16")?, gemv_mma_row("f32")?, gemv_mma_row("silu")?],
         };
         Ok(Kernels { ctx: ctx.clone(), f, image, compute_capability: (major, minor), num_sms: num_sms.max(1) as usize, _modules: modules })
     }

@@ -207,8 +207,38 @@ impl SiluDims {
     }
 }
 
-/// Most activation rows the small-batch GEMV handles (one kernel per row count).
-pub const GEMV_MAX_ROWS: usize = 8;
+/// Which small-batch GEMV kernel runs a [`GemvDims`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GemvKernel {
+    /// `gemv.cu`: one warp per pair of weight rows on the CUDA cores, `t ≤ 8`, `n` even.
+    RowPairs,
+    /// `gemv_mma.cu`: 16 weight rows per block on the tensor cores (mma.sync m16n8k16),
+    /// `t ≤ 16`, `n % 16 == 0`.
+    Mma,
+}
+
+impl GemvKernel {
+    pub const ALL: [GemvKernel; 2] = [GemvKernel::RowPairs, GemvKernel::Mma];
+
+    /// Most activation rows the kernel handles (one instantiation per row count).
+    pub const fn max_rows(self) -> usize {
+        match self {
+            GemvKernel::RowPairs => 8,
+            GemvKernel::Mma => 16,
+        }
+    }
+
+    /// Weight rows must be a multiple of this (a row pair, or an MMA tile of 16).
+    pub const fn row_multiple(self) -> usize {
+        match self {
+            GemvKernel::RowPairs => 2,
+            GemvKernel::Mma => 16,
+        }
+    }
+}
+
+/// Most activation rows any small-batch GEMV kernel handles.
+pub const GEMV_MAX_ROWS: usize = GemvKernel::Mma.max_rows();
 
 /// What the small-batch GEMV writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -222,25 +252,29 @@ pub enum GemvEpilogue {
     SiluMul,
 }
 
-/// `out = x · Wᵀ` for `t ≤ 8` rows of `x [t, k]` and `W [n, k]`.
+/// `out = x · Wᵀ` for a few rows of `x [t, k]` and `W [n, k]`, by `kernel`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GemvDims {
     pub t: usize,
     pub n: usize,
     pub k: usize,
     pub epilogue: GemvEpilogue,
+    pub kernel: GemvKernel,
 }
 
 impl GemvDims {
-    /// Whether the kernel handles these sizes at all (callers fall back to a GEMM).
+    /// Whether the kernel handles these sizes at all (callers fall back to a GEMM). `k` stays
+    /// below half the i32 range so the kernels' k offsets (past the end by at most a few
+    /// spans) cannot overflow.
     pub fn supported(&self) -> bool {
-        (1..=GEMV_MAX_ROWS).contains(&self.t)
+        let rows = self.kernel.row_multiple();
+        (1..=self.kernel.max_rows()).contains(&self.t)
             && self.k > 0
             && self.k.is_multiple_of(8)
-            && self.n >= 2
-            && self.n.is_multiple_of(2)
+            && self.n >= rows
+            && self.n.is_multiple_of(rows)
             && self.n <= I32_MAX
-            && self.k <= I32_MAX
+            && self.k <= I32_MAX / 2
     }
 
     /// Columns of the output.
@@ -256,7 +290,15 @@ impl GemvDims {
     pub fn check(&self, x_len: usize, w_len: usize, out_len: usize, out_elem: usize) -> Result<(), KernelError> {
         const OP: &str = "gemv";
         ensure(OP, self.supported(), || {
-            format!("t = {} (1..=8), n = {} (even), k = {} (multiple of 8) unsupported", self.t, self.n, self.k)
+            format!(
+                "{:?}: t = {} (1..={}), n = {} (a multiple of {}), k = {} (a multiple of 8) unsupported",
+                self.kernel,
+                self.t,
+                self.kernel.max_rows(),
+                self.n,
+                self.kernel.row_multiple(),
+                self.k
+            )
         })?;
         ensure(OP, out_elem == self.out_elem(), || format!("output element of {out_elem} bytes for {:?}", self.epilogue))?;
         len_at_least(OP, "x", x_len, mul(self.t, self.k))?;

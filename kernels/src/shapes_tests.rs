@@ -141,3 +141,38 @@ fn sample_lengths() {
     assert!(is_arg_err(d.check(SampleLens { out_top_ids: 39, ..l }), "out_top_ids"));
     assert!(is_arg_err(SampleDims { logits_stride: 99, ..d }.check(l), "logits_stride"));
 }
+
+#[test]
+fn gemv_kernels_take_only_the_rows_and_widths_they_are_built_for() {
+    use GemvKernel::*;
+    let d = |kernel, t, n, k| GemvDims { t, n, k, epilogue: GemvEpilogue::Bf16, kernel };
+    // Row pairs: 1..=8 rows, any even width.
+    assert!(d(RowPairs, 8, 34, 8).supported());
+    assert!(!d(RowPairs, 9, 34, 8).supported());
+    assert!(!d(RowPairs, 1, 33, 8).supported());
+    // Tensor cores: 1..=16 rows, whole 16-row tiles.
+    assert!(d(Mma, 16, 32, 8).supported() && d(Mma, 1, 128_256, 3072).supported());
+    assert!(!d(Mma, 17, 32, 8).supported());
+    assert!(!d(Mma, 4, 34, 8).supported());
+    // Both: no empty rows, k a positive multiple of 8 below half the i32 range.
+    for kernel in GemvKernel::ALL {
+        assert!(!d(kernel, 0, 32, 8).supported());
+        assert!(!d(kernel, 1, 32, 0).supported() && !d(kernel, 1, 32, 12).supported());
+        assert!(!d(kernel, 1, 32, 1 << 30).supported());
+    }
+    assert_eq!(GEMV_MAX_ROWS, 16);
+}
+
+#[test]
+fn gemv_checks_lengths_output_width_and_element() {
+    let d = GemvDims { t: 12, n: 64, k: 40, epilogue: GemvEpilogue::SiluMul, kernel: GemvKernel::Mma };
+    assert_eq!(d.out_cols(), 32);
+    assert!(d.check(480, 2560, 384, 2).is_ok());
+    assert!(is_arg_err(d.check(479, 2560, 384, 2), "x"));
+    assert!(is_arg_err(d.check(480, 2559, 384, 2), "w"));
+    assert!(is_arg_err(d.check(480, 2560, 383, 2), "out"));
+    assert!(is_arg_err(d.check(480, 2560, 384, 4), "bytes"));
+    let f32_out = GemvDims { epilogue: GemvEpilogue::F32, ..d };
+    assert!(f32_out.check(480, 2560, 768, 4).is_ok());
+    assert!(is_arg_err(GemvDims { t: 13, kernel: GemvKernel::RowPairs, ..d }.check(520, 2560, 416, 2), "RowPairs"));
+}

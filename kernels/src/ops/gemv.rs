@@ -1,11 +1,12 @@
-//! Small-batch GEMV with fused epilogues (kernels/cuda/gemv.cu).
+//! Small-batch GEMV with fused epilogues: row pairs on the CUDA cores (kernels/cuda/gemv.cu)
+//! or 16-row tiles on the tensor cores (kernels/cuda/gemv_mma.cu).
 
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 use half::bf16;
 
 use crate::KernelError;
 use crate::runtime::{Kernels, cfg, check_aligned16, drv, to_i32, to_u32};
-use crate::shapes::{GemvDims, GemvEpilogue};
+use crate::shapes::{GemvDims, GemvEpilogue, GemvKernel};
 
 /// Output element types of the GEMV.
 pub trait GemvOut: DeviceRepr {
@@ -20,7 +21,7 @@ impl GemvOut for f32 {
     const BYTES: usize = 4;
 }
 
-/// `out = x · wᵀ` (or the SiLU·mul of a fused gate|up product) for ≤ 8 rows of `x`.
+/// `out = x · wᵀ` (or the SiLU·mul of a fused gate|up product) for a few rows of `x`.
 #[derive(Debug)]
 pub struct GemvArgs<'a, O> {
     pub dims: GemvDims,
@@ -32,11 +33,14 @@ pub struct GemvArgs<'a, O> {
     pub out: CudaViewMut<'a, O>,
 }
 
-/// Weight-row pairs per block (4 warps, one pair per warp).
+/// Weight-row pairs per block of the row-pair kernel (4 warps, one pair per warp).
 const PAIRS_PER_BLOCK: usize = 4;
+/// Weight rows per block of the tensor-core kernel (one m16n8k16 tile, 8 warps splitting k).
+const MMA_ROWS_PER_BLOCK: usize = 16;
 
 impl Kernels {
-    /// Launches `tf_gemv_{bf16,f32,silu}_t{t}`: grid ⌈pairs / 4⌉, block 128.
+    /// Launches `tf_gemv_{bf16,f32,silu}_t{t}` (grid ⌈(n/2) / 4⌉, block 128) or
+    /// `tf_gemv_mma_{bf16,f32,silu}_t{t}` (grid n / 16, block 256), as `dims.kernel` says.
     pub fn gemv<O: GemvOut>(&self, stream: &CudaStream, mut a: GemvArgs<'_, O>) -> Result<(), KernelError> {
         const OP: &str = "gemv";
         self.check_stream(OP, stream)?;
@@ -44,7 +48,7 @@ impl Kernels {
         d.check(a.x.len(), a.w.len(), a.out.len(), O::BYTES)?;
         check_aligned16(OP, "x", &a.x, stream)?;
         check_aligned16(OP, "w", &a.w, stream)?;
-        if d.epilogue == GemvEpilogue::Bf16 {
+        if d.epilogue == GemvEpilogue::Bf16 && d.kernel == GemvKernel::RowPairs {
             // Pairs of adjacent bf16 outputs are stored as one 4-byte word.
             let (ptr, _r) = cudarc::driver::DevicePtr::device_ptr(&a.out, stream);
             if ptr % 4 != 0 {
@@ -56,17 +60,29 @@ impl Kernels {
             GemvEpilogue::F32 => 1,
             GemvEpilogue::SiluMul => 2,
         };
-        let pairs = d.n / 2;
         let k = to_i32(OP, "k", d.k)?;
-        let pairs_i = to_i32(OP, "pairs", pairs)?;
         let out_cols = to_i32(OP, "out columns", d.out_cols())?;
-        let grid = (to_u32(OP, "blocks", pairs.div_ceil(PAIRS_PER_BLOCK))?, 1, 1);
-        let mut b = stream.launch_builder(&self.f.gemv[mode][d.t - 1]);
-        b.arg(&a.x).arg(&a.w).arg(&k).arg(&pairs_i).arg(&out_cols).arg(&mut a.out);
-        // SAFETY: matches tf_gemv_*_t{t}(const bf16*, const bf16*, int, int, int, void*) with
-        // t = d.t (checked 1..=8). Host checks: x ≥ t·k, w ≥ n·k, out ≥ t·out_cols elements of
-        // the epilogue's type; k % 8 == 0 and 16-byte aligned x and w for the 16-byte loads
-        // (every row then starts aligned); n even, so the last warp's pair exists.
-        unsafe { b.launch(cfg(grid, 128)) }.map(|_| ()).map_err(drv(OP))
+        let (func, blocks, threads, units) = match d.kernel {
+            GemvKernel::RowPairs => {
+                let pairs = d.n / 2;
+                (&self.f.gemv[mode][d.t - 1], pairs.div_ceil(PAIRS_PER_BLOCK), 128, pairs)
+            }
+            GemvKernel::Mma => {
+                let tiles = d.n / MMA_ROWS_PER_BLOCK;
+                (&self.f.gemv_mma[mode][d.t - 1], tiles, 256, tiles)
+            }
+        };
+        let units = to_i32(OP, "weight row groups", units)?;
+        let grid = (to_u32(OP, "blocks", blocks)?, 1, 1);
+        let mut b = stream.launch_builder(func);
+        b.arg(&a.x).arg(&a.w).arg(&k).arg(&units).arg(&out_cols).arg(&mut a.out);
+        // SAFETY: both kernel families take (const bf16* x, const bf16* w, int k, int units,
+        // int out_cols, void* out) with t = d.t, checked within the family's 1..=max_rows.
+        // Host checks: x ≥ t·k, w ≥ n·k, out ≥ t·out_cols elements of the epilogue's type;
+        // k % 8 == 0 and 16-byte aligned x and w for the 16-byte loads (every row then starts
+        // aligned); n a multiple of the family's row group (a pair, or a 16-row tile), so
+        // every row a block reads exists. `units` is pairs (n/2) or tiles (n/16), matching
+        // the grid above.
+        unsafe { b.launch(cfg(grid, threads)) }.map(|_| ()).map_err(drv(OP))
     }
 }

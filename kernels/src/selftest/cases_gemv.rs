@@ -1,6 +1,7 @@
-//! Self-test cases of the small-batch GEMV: every epilogue against an f64 reference, at
-//! sizes that exercise the unrolled body, the tail loop and a partial last block, plus the
-//! Minitron-4B decode projections (timed: these are the shapes the backend tunes for).
+//! Self-test cases of the small-batch GEMVs (row pairs on the CUDA cores, 16-row tiles on the
+//! tensor cores): every epilogue against an f64 reference, at sizes that exercise the
+//! unrolled body, the tail, partial spans and a partial last block, plus the Minitron-4B
+//! decode projections (timed: these are the shapes the backend tunes for).
 
 use half::bf16;
 
@@ -8,7 +9,7 @@ use super::reference;
 use super::{BF16_TOL, CaseResult, Tester, bf, compare, error_row, row};
 use crate::KernelError;
 use crate::ops::{GemvArgs, GemvOut};
-use crate::shapes::{GemvDims, GemvEpilogue};
+use crate::shapes::{GemvDims, GemvEpilogue, GemvKernel};
 
 const TIMED: usize = 50;
 /// f32 outputs: only the f32 accumulation differs from the f64 reference.
@@ -16,35 +17,68 @@ const F32_TOL: f64 = 1e-4;
 
 pub(crate) fn run(t: &mut Tester<'_>) -> Result<(), KernelError> {
     use GemvEpilogue::*;
-    // (t, n, k, epilogue): odd pair counts leave the last block partly empty; k = 1544 and
-    // 584 are not multiples of the unrolled stride (32 lanes × 4 chunks × 8), so the tail runs.
+    use GemvKernel::*;
+    // (kernel, t, n, k, epilogue). Row pairs: odd pair counts leave the last block partly
+    // empty; k = 1544 and 584 are not multiples of the unrolled stride (32 lanes × 4 chunks ×
+    // 8), so the tail runs. Tensor cores: every row count from both MMA n-tiles' edges (1, 5,
+    // 8, 9, 12, 13, 16), k = 1544 / 584 / 520 / 1032 end inside a 32-element span, k = 8 is a
+    // single partial span, and 49 / 17 / 9 tiles leave the 8 warps' groups uneven.
     let cases = [
-        (1, 770, 1544, Bf16),
-        (3, 770, 1544, F32),
-        (5, 258, 584, Bf16),
-        (8, 2000, 520, SiluMul),
-        (2, 34, 8, F32),
-        (7, 130, 1032, SiluMul),
+        (RowPairs, 1, 770, 1544, Bf16),
+        (RowPairs, 3, 770, 1544, F32),
+        (RowPairs, 5, 258, 584, Bf16),
+        (RowPairs, 8, 2000, 520, SiluMul),
+        (RowPairs, 2, 34, 8, F32),
+        (RowPairs, 7, 130, 1032, SiluMul),
+        (Mma, 1, 784, 1544, Bf16),
+        (Mma, 16, 784, 1544, F32),
+        (Mma, 9, 272, 584, Bf16),
+        (Mma, 12, 2016, 520, SiluMul),
+        (Mma, 16, 32, 8, F32),
+        (Mma, 13, 144, 1032, SiluMul),
+        (Mma, 5, 784, 3080, Bf16),
+        (Mma, 8, 272, 1032, F32),
         // Minitron-4B decode shapes: QKV, o_proj, gate|up (fused), down, and an lm_head slice
         // (the full 128k × 3072 head would make the host reference the slow part).
-        (1, 6144, 3072, Bf16),
-        (1, 3072, 4096, Bf16),
-        (1, 18_432, 3072, SiluMul),
-        (1, 3072, 9216, Bf16),
-        (1, 32_768, 3072, F32),
-        (4, 18_432, 3072, SiluMul),
-        (8, 3072, 9216, Bf16),
+        (RowPairs, 1, 6144, 3072, Bf16),
+        (RowPairs, 1, 3072, 4096, Bf16),
+        (RowPairs, 1, 18_432, 3072, SiluMul),
+        (RowPairs, 1, 3072, 9216, Bf16),
+        (RowPairs, 1, 32_768, 3072, F32),
+        (RowPairs, 4, 18_432, 3072, SiluMul),
+        (RowPairs, 8, 3072, 9216, Bf16),
+        (Mma, 1, 6144, 3072, Bf16),
+        (Mma, 1, 3072, 4096, Bf16),
+        (Mma, 1, 18_432, 3072, SiluMul),
+        (Mma, 1, 3072, 9216, Bf16),
+        (Mma, 1, 32_768, 3072, F32),
+        (Mma, 8, 3072, 9216, Bf16),
+        (Mma, 16, 6144, 3072, Bf16),
+        (Mma, 16, 18_432, 3072, SiluMul),
+        (Mma, 16, 3072, 9216, Bf16),
+        (Mma, 16, 8192, 3072, F32),
     ];
-    for (rows, n, k, epilogue) in cases {
-        let d = GemvDims { t: rows, n, k, epilogue };
-        let case = format!("t{rows} n{n} k{k} {epilogue:?}");
+    for (kernel, rows, n, k, epilogue) in cases {
+        let d = GemvDims { t: rows, n, k, epilogue, kernel };
         let r = match epilogue {
             F32 => gemv::<f32>(t, d),
             _ => gemv::<bf16>(t, d),
         };
-        t.push(r.unwrap_or_else(|e| error_row("gemv", &case, &e)));
+        t.push(r.unwrap_or_else(|e| error_row(op_name(kernel), &case_name(&d), &e)));
     }
     Ok(())
+}
+
+/// The report's op for a kernel family (gpu-check's step census looks both up).
+fn op_name(kernel: GemvKernel) -> &'static str {
+    match kernel {
+        GemvKernel::RowPairs => "gemv",
+        GemvKernel::Mma => "gemv_mma",
+    }
+}
+
+fn case_name(d: &GemvDims) -> String {
+    format!("t{} n{} k{} {:?}", d.t, d.n, d.k, d.epilogue)
 }
 
 trait Poison: GemvOut + Copy + Default {
@@ -94,6 +128,5 @@ fn gemv<O: Poison>(t: &mut Tester<'_>, d: GemvDims) -> Result<CaseResult, Kernel
     let tol = if d.epilogue == GemvEpilogue::F32 { F32_TOL } else { BF16_TOL };
     let bytes = (2 * (d.n * d.k + d.t * d.k) + d.out_elem() * d.t * cols) as u64;
     let flops = (2 * d.t * d.n * d.k) as u64;
-    Ok(row("gemv", &format!("t{} n{} k{} {:?}", d.t, d.n, d.k, d.epilogue), &m, tol, format!("{:?} out vs f64 reference", d.epilogue))
-        .timed(Some(time), bytes, flops))
+    Ok(row(op_name(d.kernel), &case_name(&d), &m, tol, format!("{:?} out vs f64 reference", d.epilogue)).timed(Some(time), bytes, flops))
 }

@@ -338,6 +338,7 @@ impl Backend for CudaBackend {
             seconds = t0.elapsed().as_secs_f64(),
             gemm_shapes = g.lt_shapes + g.gemm_ex_shapes,
             gemv_shapes = g.gemv_shapes,
+            gemv_mma_shapes = g.gemv_mma_shapes,
             gemv_rejected = g.gemv_rejected,
             graphs = self.graphs.len(),
             "CUDA warm-up done"
@@ -352,6 +353,7 @@ impl Backend for CudaBackend {
             ("gemm_tuned_shapes", g.tuned_shapes as u64),
             ("gemm_fallback_shapes", g.gemm_ex_shapes as u64),
             ("gemv_shapes", g.gemv_shapes as u64),
+            ("gemv_mma_shapes", g.gemv_mma_shapes as u64),
             ("gemv_rejected", g.gemv_rejected as u64),
             ("graph_captures", self.graphs.captures),
             ("graph_replays", self.graphs.replays),

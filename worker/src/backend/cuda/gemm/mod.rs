@@ -1,16 +1,19 @@
 //! Row-major bf16 GEMMs (f32 accumulation): `out[T×N] = x[T×K] · Wᵀ` with W an `[N, K]`
-//! row-major weight, as every Llama projection — through cuBLASLt, or for ≤ 8 rows through
-//! our small-batch GEMV (`tokenfleet-kernels`' `gemv`, with the SiLU·mul epilogue fused into
-//! the gate|up projection) where that is faster.
+//! row-major weight, as every Llama projection — through cuBLASLt, or for ≤ 16 rows through
+//! one of our small-batch GEMVs (`tokenfleet-kernels`' `gemv`: row pairs on the CUDA cores
+//! for t ≤ 8, 16-row tiles on the tensor cores for t ≤ 16; both fuse the SiLU·mul epilogue
+//! into the gate|up projection) where that is faster.
 //!
 //! Each distinct shape (t, n, k, output type, fused or not) gets its descriptors built and
-//! its path chosen once, then cached: a step only launches. For decode-sized shapes (t ≤ 8,
+//! its path chosen once, then cached: a step only launches. For decode-sized shapes (t ≤ 16,
 //! and the decode batch buckets up to [`TUNE_MAX_T`]) the heuristic's candidates are timed
-//! once with CUDA events and the fastest kept (cuBLAS's first guess is most often off there). For t ≤ 8 our GEMV is then timed
-//! against that winner and taken only if it is faster *and* its output matches cuBLASLt's on
-//! the same inputs (a GEMV that disagrees is a kernel bug: logged, and never used again in
-//! this process). Other shapes take the heuristic's first choice. A shape cuBLASLt has no
-//! algorithm for falls back to `cublasGemmEx`, logged. Nothing is timed under graph capture.
+//! once with CUDA events and the fastest kept (cuBLAS's first guess is most often off
+//! there). Each GEMV kernel that handles the shape is then timed against that winner; the
+//! fastest one that beats it is taken only if its output matches cuBLASLt's on the same
+//! inputs (a kernel that disagrees is a bug: logged, and that kernel is never used again in
+//! this process; the next fastest is checked). Other shapes take the heuristic's first
+//! choice. A shape cuBLASLt has no algorithm for falls back to `cublasGemmEx`, logged.
+//! Nothing is timed under graph capture.
 
 mod lt;
 
@@ -23,7 +26,7 @@ use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, De
 use half::bf16;
 use tokenfleet_kernels::Kernels;
 use tokenfleet_kernels::ops::{GemvArgs, GemvOut, SiluMulArgs};
-use tokenfleet_kernels::shapes::{GemvDims, GemvEpilogue, SiluDims};
+use tokenfleet_kernels::shapes::{GEMV_MAX_ROWS, GemvDims, GemvEpilogue, GemvKernel, SiluDims};
 
 use self::lt::{LtHandle, LtPlan, Ptrs, launch_gemm_ex};
 use crate::backend::BackendError;
@@ -82,12 +85,12 @@ pub struct GemmIo<'a, T> {
 /// Shapes with at most this many rows may be tuned by timing (decode and small batches).
 pub const TUNE_MAX_T: usize = 256;
 
-/// Row counts whose shapes are tuned by timing: 1..=8 (where our GEMV competes) and the
+/// Row counts whose shapes are tuned by timing: 1..=16 (where our GEMVs compete) and the
 /// decode batch buckets up to [`TUNE_MAX_T`] (the shapes CUDA graphs replay, tuned by the
 /// warm-up). Any other row count — a chunked-prefill or mixed step can have any — takes the
 /// heuristic's first choice, so serving never pauses to time a new shape.
 fn tuned_rows(t: usize) -> bool {
-    t <= TUNE_MAX_T && (t <= 8 || batch_bucket(t, TUNE_MAX_T) == Some(t))
+    t <= TUNE_MAX_T && (t <= GEMV_MAX_ROWS || batch_bucket(t, TUNE_MAX_T) == Some(t))
 }
 /// Cached shapes before the cache is cleared (chunked prefill makes many distinct `t`).
 const MAX_PLANS: usize = 4096;
@@ -99,8 +102,8 @@ enum Plan {
     Lt(LtPlan),
     /// cuBLASLt offered no algorithm for this shape.
     GemmEx,
-    /// Our small-batch GEMV: faster than cuBLASLt here, and agreeing with it.
-    Gemv,
+    /// One of our small-batch GEMVs: faster than cuBLASLt here, and agreeing with it.
+    Gemv(GemvKernel),
 }
 
 /// What the cache holds, for logs and benchmarks.
@@ -109,8 +112,11 @@ pub struct GemmStats {
     pub lt_shapes: usize,
     pub gemm_ex_shapes: usize,
     pub tuned_shapes: usize,
+    /// Shapes run by the row-pair GEMV.
     pub gemv_shapes: usize,
-    /// Shapes where our GEMV disagreed with cuBLASLt (it is then disabled).
+    /// Shapes run by the tensor-core GEMV.
+    pub gemv_mma_shapes: usize,
+    /// GEMV kernels that disagreed with cuBLASLt (each is then disabled).
     pub gemv_rejected: usize,
 }
 
@@ -124,8 +130,8 @@ pub struct Gemm {
     plans: HashMap<Key, Plan>,
     stats: GemmStats,
     tune: bool,
-    /// Cleared for good when our GEMV ever disagrees with cuBLASLt.
-    gemv_ok: bool,
+    /// Per [`GemvKernel::ALL`]: cleared for good when that kernel ever disagrees with cuBLASLt.
+    gemv_ok: [bool; 2],
     stream: Arc<CudaStream>,
 }
 
@@ -145,7 +151,7 @@ impl Gemm {
             .map_err(|e| BackendError::Device(format!("compute capability: {e:?}")))?;
         let size = if major >= 9 { 32 << 20 } else { 4 << 20 };
         let workspace = stream.alloc_zeros::<u8>(size).map_err(|e| BackendError::Device(format!("cuBLASLt workspace: {e:?}")))?;
-        Ok(Gemm { lt, blas, workspace, plans: HashMap::new(), stats: GemmStats::default(), tune, gemv_ok: true, stream })
+        Ok(Gemm { lt, blas, workspace, plans: HashMap::new(), stats: GemmStats::default(), tune, gemv_ok: [true; 2], stream })
     }
 
     pub fn stats(&self) -> GemmStats {
@@ -225,7 +231,7 @@ impl Gemm {
         d: GemmDims,
     ) -> Result<(), BackendError> {
         match self.plans.get(&key) {
-            Some(Plan::Gemv) => self.launch_gemv(k, io, act, d),
+            Some(Plan::Gemv(kernel)) => self.launch_gemv(k, *kernel, io, act, d),
             Some(Plan::Lt(p)) => {
                 let ptrs = self.ptrs(io);
                 p.launch(&self.lt, &p.algo, ptrs, self.workspace(), &self.stream, d)?;
@@ -257,21 +263,16 @@ impl Gemm {
     fn launch_gemv<T: OutElem>(
         &self,
         k: &Kernels,
+        kernel: GemvKernel,
         io: &mut GemmIo<'_, T>,
         act: Option<&mut CudaViewMut<'_, bf16>>,
         d: GemmDims,
     ) -> Result<(), BackendError> {
         let (x, w) = (io.x.slice(..), io.w.slice(..));
+        let dims = gemv_dims::<T>(kernel, d, act.is_some());
         match act {
-            Some(act) => {
-                let dims = GemvDims { t: d.t, n: d.n, k: d.k, epilogue: GemvEpilogue::SiluMul };
-                k.gemv(&self.stream, GemvArgs { dims, x, w, out: act.slice_mut(..) })
-            }
-            None => {
-                let epilogue = if T::TYPE == OutType::F32 { GemvEpilogue::F32 } else { GemvEpilogue::Bf16 };
-                let dims = GemvDims { t: d.t, n: d.n, k: d.k, epilogue };
-                k.gemv(&self.stream, GemvArgs { dims, x, w, out: io.out.slice_mut(..) })
-            }
+            Some(act) => k.gemv(&self.stream, GemvArgs { dims, x, w, out: act.slice_mut(..) }),
+            None => k.gemv(&self.stream, GemvArgs { dims, x, w, out: io.out.slice_mut(..) }),
         }
         .map_err(kern)
     }
@@ -306,8 +307,10 @@ impl Gemm {
         }
         plan.algo = best.1;
         self.stats.tuned_shapes += 1;
-        let gemv = GemvDims { t: d.t, n: d.n, k: d.k, epilogue: GemvEpilogue::Bf16 };
-        if !self.gemv_ok || !gemv.supported() {
+        let fused = act.is_some();
+        let kernels: Vec<GemvKernel> =
+            GemvKernel::ALL.into_iter().filter(|&g| self.gemv_ok[kernel_index(g)] && gemv_dims::<T>(g, d, fused).supported()).collect();
+        if kernels.is_empty() {
             return Ok(Plan::Lt(plan));
         }
         // cuBLASLt's time includes the SiLU·mul kernel wherever the GEMV would fuse it.
@@ -315,27 +318,45 @@ impl Gemm {
             plan.launch(&g.lt, &plan.algo, ptrs, ws, &g.stream, d)?;
             g.then_silu(k, io, act.as_deref_mut(), d)
         })?;
-        let gemv_ms = self.time(|g| g.launch_gemv(k, io, act.as_deref_mut(), d))?;
-        let fused = act.is_some();
-        tracing::debug!(t = d.t, n = d.n, k = d.k, fused, lt_us = lt_ms * 1e3, gemv_us = gemv_ms * 1e3, "GEMV vs cuBLASLt");
-        if gemv_ms >= lt_ms {
+        let mut timed = Vec::with_capacity(kernels.len());
+        for kernel in kernels {
+            let ms = self.time(|g| g.launch_gemv(k, kernel, io, act.as_deref_mut(), d))?;
+            tracing::debug!(t = d.t, n = d.n, k = d.k, fused, ?kernel, lt_us = lt_ms * 1e3, gemv_us = ms * 1e3, "GEMV vs cuBLASLt");
+            timed.push((ms, kernel));
+        }
+        let faster = faster_than(lt_ms, timed);
+        if faster.is_empty() {
             return Ok(Plan::Lt(plan));
         }
         // The same inputs through both paths must agree to rounding.
         plan.launch(&self.lt, &plan.algo, ptrs, ws, &self.stream, d)?;
         self.then_silu(k, io, act.as_deref_mut(), d)?;
         let reference = self.download_result(io, act.as_deref_mut())?;
-        self.launch_gemv(k, io, act.as_deref_mut(), d)?;
-        let ours = self.download_result(io, act)?;
-        let diff = rel_l2(&ours, &reference);
-        if !agrees(diff) {
-            tracing::error!(t = d.t, n = d.n, k = d.k, fused, rel_l2 = diff, "our GEMV disagrees with cuBLASLt: disabled for this process");
-            self.gemv_ok = false;
+        for kernel in faster {
+            self.launch_gemv(k, kernel, io, act.as_deref_mut(), d)?;
+            let diff = rel_l2(&self.download_result(io, act.as_deref_mut())?, &reference);
+            if agrees(diff) {
+                match kernel {
+                    GemvKernel::RowPairs => self.stats.gemv_shapes += 1,
+                    GemvKernel::Mma => self.stats.gemv_mma_shapes += 1,
+                }
+                return Ok(Plan::Gemv(kernel));
+            }
+            tracing::error!(
+                t = d.t,
+                n = d.n,
+                k = d.k,
+                fused,
+                ?kernel,
+                rel_l2 = diff,
+                "our GEMV disagrees with cuBLASLt: disabled for this process"
+            );
+            self.gemv_ok[kernel_index(kernel)] = false;
             self.stats.gemv_rejected += 1;
-            return Ok(Plan::Lt(plan));
         }
-        self.stats.gemv_shapes += 1;
-        Ok(Plan::Gemv)
+        // Every faster kernel disagreed; `io` / `act` now hold a rejected result, which the
+        // caller's launch overwrites.
+        Ok(Plan::Lt(plan))
     }
 
     /// The call's result on the host: `act` when given, else `io.out`.
@@ -362,6 +383,32 @@ impl Gemm {
             best = best.min(start.elapsed_ms(&end).map_err(err)?);
         }
         Ok(best)
+    }
+}
+
+/// The GEMV launch of a GEMM shape: SiLU·mul into `act` when fused, else the output type's
+/// plain epilogue.
+fn gemv_dims<T: OutElem>(kernel: GemvKernel, d: GemmDims, fused: bool) -> GemvDims {
+    let epilogue = match (fused, T::TYPE) {
+        (true, _) => GemvEpilogue::SiluMul,
+        (false, OutType::F32) => GemvEpilogue::F32,
+        (false, OutType::Bf16) => GemvEpilogue::Bf16,
+    };
+    GemvDims { t: d.t, n: d.n, k: d.k, epilogue, kernel }
+}
+
+/// The GEMV kernels faster than cuBLASLt's `lt_ms`, fastest first (a NaN time never is).
+fn faster_than(lt_ms: f32, mut timed: Vec<(f32, GemvKernel)>) -> Vec<GemvKernel> {
+    timed.retain(|(ms, _)| *ms < lt_ms);
+    timed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    timed.into_iter().map(|(_, kernel)| kernel).collect()
+}
+
+/// The position of `kernel` in [`GemvKernel::ALL`].
+fn kernel_index(kernel: GemvKernel) -> usize {
+    match kernel {
+        GemvKernel::RowPairs => 0,
+        GemvKernel::Mma => 1,
     }
 }
 
@@ -425,9 +472,31 @@ mod tests {
     #[test]
     fn only_small_and_bucket_row_counts_are_timed() {
         let tuned: Vec<usize> = (1..=300).filter(|t| tuned_rows(*t)).collect();
-        assert_eq!(&tuned[..9], &[1, 2, 3, 4, 5, 6, 7, 8, 16]);
+        assert_eq!(&tuned[..18], &(1..=16).chain([24, 32]).collect::<Vec<_>>()[..]);
         assert!(tuned_rows(64) && tuned_rows(80) && tuned_rows(256));
-        assert!(!tuned_rows(37) && !tuned_rows(65) && !tuned_rows(257) && !tuned_rows(288));
+        assert!(!tuned_rows(17) && !tuned_rows(37) && !tuned_rows(65) && !tuned_rows(257) && !tuned_rows(288));
+    }
+
+    #[test]
+    fn gemv_kernels_are_tried_fastest_first_and_only_when_faster() {
+        use GemvKernel::*;
+        assert_eq!(faster_than(10.0, vec![(9.0, RowPairs), (4.0, Mma)]), vec![Mma, RowPairs]);
+        assert_eq!(faster_than(10.0, vec![(3.0, RowPairs), (4.0, Mma)]), vec![RowPairs, Mma]);
+        assert_eq!(faster_than(5.0, vec![(9.0, RowPairs), (4.0, Mma)]), vec![Mma]);
+        assert_eq!(faster_than(5.0, vec![(5.0, RowPairs), (f32::NAN, Mma)]), Vec::<GemvKernel>::new());
+        assert_eq!(GemvKernel::ALL.map(kernel_index), [0, 1]);
+    }
+
+    #[test]
+    fn gemv_launch_dims_follow_the_output_and_the_fusion() {
+        let d = GemmDims { t: 12, n: 64, k: 40 };
+        assert_eq!(gemv_dims::<bf16>(GemvKernel::Mma, d, true).epilogue, GemvEpilogue::SiluMul);
+        assert_eq!(gemv_dims::<bf16>(GemvKernel::Mma, d, false).epilogue, GemvEpilogue::Bf16);
+        assert_eq!(gemv_dims::<f32>(GemvKernel::RowPairs, d, false).epilogue, GemvEpilogue::F32);
+        let g = gemv_dims::<f32>(GemvKernel::Mma, d, false);
+        assert_eq!((g.t, g.n, g.k, g.kernel), (12, 64, 40, GemvKernel::Mma));
+        // 12 rows: only the tensor-core kernel takes them.
+        assert!(g.supported() && !gemv_dims::<f32>(GemvKernel::RowPairs, d, false).supported());
     }
 
     #[test]
