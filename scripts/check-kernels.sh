@@ -5,8 +5,9 @@
 #   2. fails on any kernel with spill bytes or a stack frame;
 #   3. with cuobjdump, checks the SASS: tensor-core MMA in prefill attention (HMMA on sm_80,
 #      HMMA or HGMMA on sm_90a) and 128-bit global loads in the streaming kernels (decode
-#      attention, embedding, norms, SiLU·mul, both small-batch GEMVs) and tensor-core MMA
-#      in the tensor-core GEMV;
+#      attention, embedding, norms, SiLU·mul, both small-batch GEMVs), tensor-core MMA in
+#      the tensor-core GEMV, and that each GEMV issues a whole unrolled group of loads
+#      before its first FMA/MMA;
 #   4. builds, lints and unit-tests tokenfleet-kernels with `--features cuda` (build.rs
 #      embeds the images and enforces the same no-spill rule; the host-side tests need no
 #      GPU), then lints the worker with `--features cuda` and runs its backend unit tests.
@@ -113,6 +114,26 @@ for mod, arch, prefix, what, rx in checks:
     # Local memory use shows as LDL/STL even where ptxas reports no spill.
     for fn, text in sorted(funcs.items()):
         if re.search(r"\b(LDL|STL)\b", text): bad.append(f"{mod} {arch} {fn}: local memory (LDL/STL) in SASS")
+
+# The GEMVs stream weights: each unrolled group's loads must all be issued before its first
+# FMA/MMA (ptxas sinks them towards their uses when it aims for occupancy instead). Minimum
+# 16-byte loads ahead of the first math instruction: row pairs, both rows' chunks of the
+# group (4 per row for t ≤ 4, else 2) plus an activation chunk; tensor cores, 4 spans × (2
+# weight rows + ⌈t/8⌉ activation rows).
+def loads_wanted(fn):
+    m = re.match(r"tf_gemv_(mma_)?[a-z0-9]+_t(\d+)$", fn)
+    if not m: return None
+    t = int(m.group(2))
+    return 4 * (2 + (t + 7) // 8) if m.group(1) else 2 * (4 if t <= 4 else 2) + 1
+for mod in ("gemv", "gemv_mma"):
+    for arch in ("sm_80", "sm_90a"):
+        for fn, text in sorted(sass_functions(os.path.join(work, f"{mod}.{arch}.sass")).items()):
+            want = loads_wanted(fn)
+            if want is None: continue
+            first = re.search(r"\b(FFMA|HMMA)\b", text)
+            ahead = len(re.findall(r"\bLDG\.E", text[: first.start() if first else len(text)]))
+            sass_rows.append((mod, arch, fn, f"loads ahead ≥{want}", ahead, "ok" if ahead >= want else "TOO FEW"))
+            if ahead < want: bad.append(f"{mod} {arch} {fn}: {ahead} loads issued before the first FMA/MMA, want ≥ {want}")
 
 print(f"{'module':<18} {'arch':<7} {'kernel':<30} {'regs':>4} {'stack':>5} {'spill':>5}  status")
 for r in rows: print(f"{r[0]:<18} {r[1]:<7} {r[2]:<30} {r[3]:>4} {r[4]:>5} {r[5]:>5}  {r[6]}")

@@ -96,8 +96,12 @@ TF_DEV void gemv(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __res
 // x [T, k] bf16 (row stride k), w [rows, k] bf16, k % 8 == 0, both 16-byte aligned.
 // grid = ⌈pairs / 4⌉, block = 128. Plain: pairs = rows / 2 (rows even), out [T, out_cols =
 // rows]. SiLU: pairs = inter = rows / 2, out [T, out_cols = inter] bf16.
+// Launch bounds (128 threads, ≥ 1 block per SM): with the default, ptxas kept registers low
+// enough for many more blocks and issued only 4 of the 12 loads of a t = 1 group before the
+// first FMA, the rest one by one between them (checked in the SASS). The unrolled group is
+// meant to be in flight at once; scripts/check-kernels.sh now checks that it is.
 #define TF_GEMV(T, MODE, NAME)                                                                                          \
-  extern "C" __global__ void __launch_bounds__(kThreads)                                                                \
+  extern "C" __global__ void __launch_bounds__(kThreads, 1)                                                             \
       tf_gemv_##NAME##_t##T(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w, int k, int pairs, \
                             int out_cols, void* __restrict__ out) {                                                     \
     gemv<T, MODE>(x, w, k, pairs, out_cols, out);                                                                       \
