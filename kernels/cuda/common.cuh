@@ -6,6 +6,15 @@
 
 #define TF_DEV __device__ __forceinline__
 
+// Instantiates X(t, args...) for every activation row count t = 1..8 (or 1..16): the
+// small-batch kernels are compiled once per row count so their per-row loops unroll.
+#define TF_ROWS_1_TO_8(X, ...) \
+  X(1, __VA_ARGS__) X(2, __VA_ARGS__) X(3, __VA_ARGS__) X(4, __VA_ARGS__) X(5, __VA_ARGS__) X(6, __VA_ARGS__) X(7, __VA_ARGS__) X(8, __VA_ARGS__)
+#define TF_ROWS_1_TO_16(X, ...)                                                                                    \
+  TF_ROWS_1_TO_8(X, __VA_ARGS__)                                                                                   \
+  X(9, __VA_ARGS__) X(10, __VA_ARGS__) X(11, __VA_ARGS__) X(12, __VA_ARGS__) X(13, __VA_ARGS__) X(14, __VA_ARGS__) \
+      X(15, __VA_ARGS__) X(16, __VA_ARGS__)
+
 namespace tf {
 
 // 16-byte read-only load. `ld.global.nc.v4` keeps weight/KV streams out of L1 thrash and is

@@ -106,16 +106,6 @@ TF_DEV void gemv(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __res
                             int out_cols, void* __restrict__ out) {                                                     \
     gemv<T, MODE>(x, w, k, pairs, out_cols, out);                                                                       \
   }
-#define TF_GEMV_ALL_T(MODE, NAME) \
-  TF_GEMV(1, MODE, NAME)          \
-  TF_GEMV(2, MODE, NAME)          \
-  TF_GEMV(3, MODE, NAME)          \
-  TF_GEMV(4, MODE, NAME)          \
-  TF_GEMV(5, MODE, NAME)          \
-  TF_GEMV(6, MODE, NAME)          \
-  TF_GEMV(7, MODE, NAME)          \
-  TF_GEMV(8, MODE, NAME)
-
-TF_GEMV_ALL_T(kPlainBf16, bf16)
-TF_GEMV_ALL_T(kPlainF32, f32)
-TF_GEMV_ALL_T(kSiluBf16, silu)
+TF_ROWS_1_TO_8(TF_GEMV, kPlainBf16, bf16)
+TF_ROWS_1_TO_8(TF_GEMV, kPlainF32, f32)
+TF_ROWS_1_TO_8(TF_GEMV, kSiluBf16, silu)

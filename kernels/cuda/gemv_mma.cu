@@ -152,30 +152,12 @@ TF_DEV void gemv_mma(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* _
 // 3 blocks per SM and sinks each span's loads down to its MMAs, leaving 4 of the group's 16
 // loads in flight (checked in the SASS). Decode grids are a few hundred blocks, so occupancy
 // is set by the grid, not the registers: let the whole group's loads be outstanding.
-#define TF_GEMV_MMA(T, MODE, NAME)                                                                                   \
-  extern "C" __global__ void __launch_bounds__(kThreads, 1)                                                             \
-      tf_gemv_mma_##NAME##_t##T(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w, int k,     \
-                                int tiles, int out_cols, void* __restrict__ out) {                                   \
-    gemv_mma<T, MODE>(x, w, k, tiles, out_cols, out);                                                                \
+#define TF_GEMV_MMA(T, MODE, NAME)                                                                               \
+  extern "C" __global__ void __launch_bounds__(kThreads, 1)                                                      \
+      tf_gemv_mma_##NAME##_t##T(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w, int k, \
+                                int tiles, int out_cols, void* __restrict__ out) {                               \
+    gemv_mma<T, MODE>(x, w, k, tiles, out_cols, out);                                                            \
   }
-#define TF_GEMV_MMA_ALL_T(MODE, NAME)                                                                                  \
-  TF_GEMV_MMA(1, MODE, NAME)                                                                                           \
-  TF_GEMV_MMA(2, MODE, NAME)                                                                                           \
-  TF_GEMV_MMA(3, MODE, NAME)                                                                                           \
-  TF_GEMV_MMA(4, MODE, NAME)                                                                                           \
-  TF_GEMV_MMA(5, MODE, NAME)                                                                                           \
-  TF_GEMV_MMA(6, MODE, NAME)                                                                                           \
-  TF_GEMV_MMA(7, MODE, NAME)                                                                                           \
-  TF_GEMV_MMA(8, MODE, NAME)                                                                                           \
-  TF_GEMV_MMA(9, MODE, NAME)                                                                                           \
-  TF_GEMV_MMA(10, MODE, NAME)                                                                                          \
-  TF_GEMV_MMA(11, MODE, NAME)                                                                                          \
-  TF_GEMV_MMA(12, MODE, NAME)                                                                                          \
-  TF_GEMV_MMA(13, MODE, NAME)                                                                                          \
-  TF_GEMV_MMA(14, MODE, NAME)                                                                                          \
-  TF_GEMV_MMA(15, MODE, NAME)                                                                                          \
-  TF_GEMV_MMA(16, MODE, NAME)
-
-TF_GEMV_MMA_ALL_T(kPlainBf16, bf16)
-TF_GEMV_MMA_ALL_T(kPlainF32, f32)
-TF_GEMV_MMA_ALL_T(kSiluBf16, silu)
+TF_ROWS_1_TO_16(TF_GEMV_MMA, kPlainBf16, bf16)
+TF_ROWS_1_TO_16(TF_GEMV_MMA, kPlainF32, f32)
+TF_ROWS_1_TO_16(TF_GEMV_MMA, kSiluBf16, silu)
