@@ -50,14 +50,16 @@ TF_DEV void gemv_mma(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* _
   // The weight rows behind fragment rows g (lo) and g+8 (hi).
   const int row_lo = MODE == kSiluBf16 ? tile * 8 + g : tile * 16 + g;
   const int row_hi = MODE == kSiluBf16 ? (tiles + tile) * 8 + g : tile * 16 + 8 + g;
-  const __nv_bfloat16* w_lo = w + (size_t)row_lo * k + 8 * q;
-  const __nv_bfloat16* w_hi = w + (size_t)row_hi * k + 8 * q;
+  // Row starts: a lane's chunk is at k offset 32·span + 8q, and an absent chunk (past k) is
+  // loaded from offset 0 instead, so no address ever leaves its row (k can be 8 < 8q + 8).
+  const __nv_bfloat16* w_lo = w + (size_t)row_lo * k;
+  const __nv_bfloat16* w_hi = w + (size_t)row_hi * k;
   const __nv_bfloat16* xr[NT];
   bool x_in[NT];
 #pragma unroll
   for (int j = 0; j < NT; ++j) {
     x_in[j] = 8 * j + g < T;  // rows past T multiply as zeros and are never stored
-    xr[j] = x + (size_t)(x_in[j] ? 8 * j + g : 0) * k + 8 * q;
+    xr[j] = x + (size_t)(x_in[j] ? 8 * j + g : 0) * k;
   }
   const int spans = (k + kSpan - 1) / kSpan;
   const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
@@ -68,15 +70,15 @@ TF_DEV void gemv_mma(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* _
 
   // One group: kUnroll spans (s0, s0 + 8, …) of this warp, every load issued before the first
   // MMA uses one. CHECKED: a chunk past k (the last span when k % 32 ≠ 0, or a span past the
-  // end) reads as zero and adds nothing; the loads stay unconditional (the address of an
-  // absent chunk is the row's first) so the compiler can still hoist them all.
+  // end) reads as zero and adds nothing; the loads stay unconditional (an absent chunk is
+  // loaded from the row's start, then zeroed) so the compiler can still hoist them all.
   const auto group = [&](const int s0, const auto checked) {
     uint4 a_lo[kUnroll], a_hi[kUnroll], b[kUnroll][NT];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int span = s0 + kWarps * u;
       const bool in = !decltype(checked)::value || (span < spans && span * kSpan + 8 * q < k);
-      const int col = in ? span * kSpan : 0;
+      const int col = in ? span * kSpan + 8 * q : 0;
       a_lo[u] = tf::ldg16(w_lo + col);
       a_hi[u] = tf::ldg16(w_hi + col);
 #pragma unroll
