@@ -7,7 +7,8 @@
 #      HMMA or HGMMA on sm_90a) and 128-bit global loads in the streaming kernels (decode
 #      attention, embedding, norms, SiLU·mul, both small-batch GEMVs), tensor-core MMA in
 #      the tensor-core GEMV, and that each GEMV issues a whole unrolled group of loads
-#      before its first FMA/MMA;
+#      before its first FMA/MMA, and that every sm_90a kernel waits for its predecessor
+#      (griddepcontrol.wait, for programmatic dependent launch) before touching memory;
 #   4. builds, lints and unit-tests tokenfleet-kernels with `--features cuda` (build.rs
 #      embeds the images and enforces the same no-spill rule; the host-side tests need no
 #      GPU), then lints the worker with `--features cuda` and runs its backend unit tests.
@@ -134,6 +135,18 @@ for mod in ("gemv", "gemv_mma"):
             ahead = len(re.findall(r"\bLDG\.E", text[: first.start() if first else len(text)]))
             sass_rows.append((mod, arch, fn, f"loads ahead ≥{want}", ahead, "ok" if ahead >= want else "TOO FEW"))
             if ahead < want: bad.append(f"{mod} {arch} {fn}: {ahead} loads issued before the first FMA/MMA, want ≥ {want}")
+
+# Programmatic dependent launch: on Hopper every kernel must wait for its predecessor
+# (griddepcontrol.wait = ACQBULK) before its first global load or store, else a kernel
+# launched early would read stale data.
+glob_mem = re.compile(r"\b(LDG|STG|LD|ST|ATOMG|ATOM|RED|REDG)\.E\b")
+for sass in sorted(glob.glob(os.path.join(work, "*.sm_90a.sass"))):
+    mod = os.path.basename(sass).split(".")[0]
+    for fn, text in sorted(sass_functions(sass).items()):
+        wait, first = text.find("ACQBULK"), glob_mem.search(text)
+        ok = wait >= 0 and (first is None or wait < first.start())
+        sass_rows.append((mod, "sm_90a", fn, "PDL wait first", int(wait >= 0), "ok" if ok else "MISSING"))
+        if not ok: bad.append(f"{mod} sm_90a {fn}: no griddepcontrol.wait before its first global memory access")
 
 print(f"{'module':<18} {'arch':<7} {'kernel':<30} {'regs':>4} {'stack':>5} {'spill':>5}  status")
 for r in rows: print(f"{r[0]:<18} {r[1]:<7} {r[2]:<30} {r[3]:>4} {r[4]:>5} {r[5]:>5}  {r[6]}")

@@ -84,6 +84,8 @@ tier_speed() {
   bench bs1-ctx512 --batch 1 --prompt-len 512 --gen-len 64 --repeats 3 "${G[@]}"
   # Step n+1 queued (tokens fed on the device) before step n is read back.
   bench bs1-ctx512-overlap --batch 1 --prompt-len 512 --gen-len 64 --repeats 1 "${G[@]}" --overlap true
+  # Programmatic dependent launch: each kernel scheduled while the previous one finishes.
+  bench bs1-ctx512-pdl --batch 1 --prompt-len 512 --gen-len 64 --repeats 1 "${G[@]}" --programmatic-launch true
   bench bs1-ctx512-eager --batch 1 --prompt-len 512 --gen-len 64 --repeats 3
   bench prefill2048 --batch 1 --prompt-len 2048 --gen-len 4 --repeats 3
   python3 "$ROOT/scripts/gpu/hf_peer.py" "$MINI" "$OUT/speed-transformers-bs1.json" --prompt-len 512 --new 64 || status=1
@@ -109,8 +111,10 @@ tier_speed2() {
 SERVE_FRACTION="${SERVE_FRACTION:-0.95}"
 # Overlapped steps (set SERVE_OVERLAP=false if the parity tier's overlap check failed).
 SERVE_OVERLAP="${SERVE_OVERLAP:-true}"
+# Programmatic dependent launch (set SERVE_PDL=true once the speed tier has shown it helps).
+SERVE_PDL="${SERVE_PDL:-false}"
 tier_serving() {
-  log "serving (--gpu-memory-fraction $SERVE_FRACTION, --overlap-steps $SERVE_OVERLAP)"
+  log "serving (--gpu-memory-fraction $SERVE_FRACTION, --overlap-steps $SERVE_OVERLAP, --programmatic-launch $SERVE_PDL)"
   local cli="${TOKENFLEET_CLI_BIN:-}"
   if [[ -z "$cli" ]]; then
     for c in "$(dirname "$BIN")/tokenfleet" "$ROOT/target/release/tokenfleet"; do [[ -x "$c" ]] && { cli="$c"; break; }; done
@@ -123,7 +127,7 @@ tier_serving() {
   if sync && { echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then cache=cold; fi
   local t0; t0="$(date +%s.%N)"
   "$BIN" serve --backend cuda --model "$MINI" --listen "127.0.0.1:$port" --gpu-memory-fraction "$SERVE_FRACTION" \
-    --max-running 256 --max-batch-tokens 8192 --max-waiting 1024 --max-model-len 2048 --cuda-graphs true --overlap-steps "$SERVE_OVERLAP" >"$log" 2>&1 &
+    --max-running 256 --max-batch-tokens 8192 --max-waiting 1024 --max-model-len 2048 --cuda-graphs true --overlap-steps "$SERVE_OVERLAP" --programmatic-launch "$SERVE_PDL" >"$log" 2>&1 &
   local pid=$!
   for _ in $(seq 1200); do grep -q SERVING "$log" && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   grep -q SERVING "$log" || { echo "gpu-check: the worker did not reach SERVING" >&2; tail -20 "$log" >&2; kill "$pid" 2>/dev/null; status=1; return; }
@@ -211,7 +215,7 @@ for name, r in sorted(allres.items()):
     frac = f"{floor_ms / r['decode_step_ms']:.0%}" if floor_ms else "?"
     rows.append(f"{name:28s} decode {r['decode_step_ms']:8.3f} ms (gpu {gpu if gpu is None else round(gpu, 3)}) "
                 f"floor {floor_ms and round(floor_ms, 3)} ms = {frac}; prefill {r.get('prefill_ms', 0):8.1f} ms; "
-                f"graphs={r.get('cuda_graphs')} overlap={r.get('overlap')} {r.get('backend_counters', {})}")
+                f"graphs={r.get('cuda_graphs')} overlap={r.get('overlap')} pdl={r.get('programmatic_launch')} {r.get('backend_counters', {})}")
 if rows:
     print("\n".join(rows))
 # The bs1 ctx512 decode step rebuilt from the kernel self-test's in-graph times (Minitron-4B:

@@ -55,7 +55,7 @@ TF_DEV void attn_decode(const __nv_bfloat16* __restrict__ q, long long q_stride,
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int sub = tid % TPT;  // which 8 dims of a row this thread owns
 
-  int ctx = context_lens[seq];
+  int ctx = tf::ld_after_wait(context_lens + seq);
   ctx = min(ctx, max_blocks * 16);
   const int start = split * partition;
   const int n = max(0, min(partition, ctx - start));  // keys in this split
@@ -240,6 +240,7 @@ TF_DEV void attn_decode_merge(const float* __restrict__ part_acc, const float* _
       const int* block_tables, int max_blocks, const int* context_lens, int num_pool_blocks, int num_kv_heads, int group, \
       float scale, int partition, int num_splits, __nv_bfloat16* out, long long out_stride, float* part_acc,              \
       float* part_ml) {                                                                                                     \
+    tf::pdl_entry();                                                                                                     \
     attn_decode<HD, GT>(q, q_stride, k_cache, v_cache, block_tables, max_blocks, context_lens, num_pool_blocks,          \
                         num_kv_heads, group, scale, partition, num_splits, out, out_stride, part_acc, part_ml);             \
   }
@@ -260,10 +261,12 @@ TF_DECODE_KERNEL(128, 8)
 extern "C" __global__ void __launch_bounds__(128) tf_attn_decode_merge_hd64(const float* part_acc, const float* part_ml,
                                                                             int num_splits, __nv_bfloat16* out,
                                                                             long long out_stride) {
+  tf::pdl_entry();
   attn_decode_merge<64>(part_acc, part_ml, num_splits, out, out_stride);
 }
 extern "C" __global__ void __launch_bounds__(128) tf_attn_decode_merge_hd128(const float* part_acc, const float* part_ml,
                                                                              int num_splits, __nv_bfloat16* out,
                                                                              long long out_stride) {
+  tf::pdl_entry();
   attn_decode_merge<128>(part_acc, part_ml, num_splits, out, out_stride);
 }

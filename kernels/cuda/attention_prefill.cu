@@ -252,6 +252,7 @@ TF_DEV void attn_prefill(const __nv_bfloat16* __restrict__ q, long long q_stride
       const __nv_bfloat16* q, long long q_stride, const __nv_bfloat16* k_cache, const __nv_bfloat16* v_cache,             \
       const int* block_tables, int max_blocks, const int* context_lens, const int* query_starts, int num_pool_blocks,    \
       int num_kv_heads, int group, float scale, __nv_bfloat16* out, long long out_stride) {                              \
+    tf::pdl_entry();                                                                                                    \
     attn_prefill<HD>(q, q_stride, k_cache, v_cache, block_tables, max_blocks, context_lens, query_starts,               \
                      num_pool_blocks, num_kv_heads, group, scale, out, out_stride);                                      \
   }

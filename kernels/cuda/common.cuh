@@ -17,6 +17,30 @@
 
 namespace tf {
 
+// Programmatic dependent launch (Hopper and newer; nothing on sm_80). Every kernel starts
+// with this. launch_dependents lets the next kernel in the stream be scheduled once all of
+// this grid's blocks have started; wait blocks until the previous kernel has completed and
+// its writes are visible. So with the launch attribute on (Kernels::set_programmatic_launch)
+// only launch latency and block scheduling overlap, never memory; without it, both are no-ops.
+// The wait comes before any early return, so a grid always completes after its predecessor
+// and ordering stays transitive along the stream.
+TF_DEV void pdl_entry() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+// A plain (coherent) 32-bit load that stays after pdl_entry(): ptxas may move read-only
+// (ld.global.nc) loads above griddepcontrol.wait, as it did with a decode kernel's first
+// load of its context length. scripts/check-kernels.sh fails any sm_90a kernel whose first
+// global access comes before the wait.
+TF_DEV int ld_after_wait(const int* p) {
+  int v;
+  asm volatile("ld.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
 // 16-byte read-only load. `ld.global.nc.v4` keeps weight/KV streams out of L1 thrash and is
 // what the SASS check looks for (LDG.E.128.CONSTANT); callers guarantee 16-byte alignment.
 TF_DEV uint4 ldg16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }

@@ -8,6 +8,7 @@
 extern "C" __global__ void __launch_bounds__(128)
 tf_embedding_gather(const int* __restrict__ ids, int num_tokens, const __nv_bfloat16* __restrict__ table,
                     int vocab, int hidden, float* __restrict__ out) {
+  tf::pdl_entry();
   const int t = blockIdx.y;
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= num_tokens || c >= hidden / 8) return;
@@ -31,6 +32,7 @@ tf_embedding_gather(const int* __restrict__ ids, int num_tokens, const __nv_bflo
 extern "C" __global__ void __launch_bounds__(128)
 tf_feed_tokens(int* __restrict__ ids, int num_tokens, const int* __restrict__ sampled, int num_sampled,
                const int* __restrict__ feed, int n) {
+  tf::pdl_entry();
   const int k = blockIdx.x * blockDim.x + threadIdx.x;
   if (k >= n) return;
   const int dst = feed[2 * k];

@@ -104,6 +104,7 @@ TF_DEV void gemv(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __res
   extern "C" __global__ void __launch_bounds__(kThreads, 1)                                                             \
       tf_gemv_##NAME##_t##T(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w, int k, int pairs, \
                             int out_cols, void* __restrict__ out) {                                                     \
+    tf::pdl_entry();                                                                                                    \
     gemv<T, MODE>(x, w, k, pairs, out_cols, out);                                                                       \
   }
 TF_ROWS_1_TO_8(TF_GEMV, kPlainBf16, bf16)

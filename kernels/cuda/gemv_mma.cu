@@ -158,6 +158,7 @@ TF_DEV void gemv_mma(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* _
   extern "C" __global__ void __launch_bounds__(kThreads, 1)                                                      \
       tf_gemv_mma_##NAME##_t##T(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w, int k, \
                                 int tiles, int out_cols, void* __restrict__ out) {                               \
+    tf::pdl_entry();                                                                                             \
     gemv_mma<T, MODE>(x, w, k, tiles, out_cols, out);                                                            \
   }
 TF_ROWS_1_TO_16(TF_GEMV_MMA, kPlainBf16, bf16)

@@ -60,6 +60,7 @@ TF_DEV void rmsnorm_row(float* __restrict__ x, const __nv_bfloat16* __restrict__
 extern "C" __global__ void __launch_bounds__(kThreads)
 tf_rmsnorm(const float* __restrict__ x, const __nv_bfloat16* __restrict__ weight, __nv_bfloat16* __restrict__ out,
            int hidden, float eps) {
+  tf::pdl_entry();
   const size_t row = blockIdx.x;
   rmsnorm_row<false>(const_cast<float*>(x) + row * hidden, nullptr, weight, out + row * hidden, hidden, eps);
 }
@@ -69,6 +70,7 @@ tf_rmsnorm(const float* __restrict__ x, const __nv_bfloat16* __restrict__ weight
 extern "C" __global__ void __launch_bounds__(kThreads)
 tf_add_rmsnorm(float* __restrict__ x, const __nv_bfloat16* __restrict__ delta, const __nv_bfloat16* __restrict__ weight,
                __nv_bfloat16* __restrict__ out, int hidden, float eps) {
+  tf::pdl_entry();
   const size_t row = blockIdx.x;
   rmsnorm_row<true>(x + row * hidden, delta + row * hidden, weight, out + row * hidden, hidden, eps);
 }

@@ -67,6 +67,7 @@ tf_rope_kv_write(__nv_bfloat16* __restrict__ qkv, int num_tokens, int num_heads,
                  const int* __restrict__ positions, const int* __restrict__ slots, long long num_slots,
                  const float* __restrict__ inv_freq, __nv_bfloat16* __restrict__ k_cache,
                  __nv_bfloat16* __restrict__ v_cache) {
+  tf::pdl_entry();
   __shared__ float cs[128], sn[128];
   const int t = blockIdx.x;
   if (t >= num_tokens) return;

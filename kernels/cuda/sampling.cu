@@ -403,6 +403,7 @@ tf_sample(const float* __restrict__ logits, long long logits_stride, int vocab, 
           float* __restrict__ out_logprob, int* __restrict__ out_top_ids, float* __restrict__ out_top_logprobs,
           const float* __restrict__ part_max, const double* __restrict__ part_sum, const unsigned long long* __restrict__ part_arg,
           int chunks) {
+  tf::pdl_entry();
   __shared__ Shared sh;
   const int row = blockIdx.x;
   const float* raw = logits + (size_t)row * logits_stride;

@@ -26,6 +26,7 @@ TF_DEV unsigned long long arg_key(float v, int i) {
 extern "C" __global__ void __launch_bounds__(kStatThreads)
 tf_sample_stats(const float* __restrict__ logits, long long logits_stride, int vocab, float* __restrict__ part_max,
                 double* __restrict__ part_sum, unsigned long long* __restrict__ part_arg) {
+  tf::pdl_entry();
   __shared__ float red_f[kStatThreads / 32];
   __shared__ double red_d[kStatThreads / 32];
   __shared__ unsigned long long red_u[kStatThreads / 32];

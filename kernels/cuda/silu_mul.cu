@@ -7,6 +7,7 @@
 // IEEE division), then × up, then one rounding to bf16.
 extern "C" __global__ void __launch_bounds__(256)
 tf_silu_mul(const __nv_bfloat16* __restrict__ gate_up, int inter, int num_tokens, __nv_bfloat16* __restrict__ out) {
+  tf::pdl_entry();
   const int t = blockIdx.y;
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= num_tokens || c >= inter / 8) return;

@@ -19,6 +19,8 @@ mod images {
 }
 
 #[cfg(feature = "cuda")]
+mod launch;
+#[cfg(feature = "cuda")]
 mod runtime;
 #[cfg(feature = "cuda")]
 pub use runtime::{Kernels, cuda_available};

@@ -1,12 +1,14 @@
 //! Loading the compiled images onto a device and the plumbing every launcher shares.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DevicePtr, DriverError, LaunchConfig};
 use cudarc::nvrtc::Ptx;
 
 use crate::KernelError;
+use crate::launch::KernelLaunch;
 use crate::module::ImageKind;
 
 /// Checks that libcuda can be loaded. Call this before anything touches cudarc: its
@@ -49,6 +51,8 @@ pub struct Kernels {
     image: ImageKind,
     compute_capability: (i32, i32),
     num_sms: usize,
+    /// Launch with programmatic dependent launch (see [`Kernels::set_programmatic_launch`]).
+    programmatic: AtomicBool,
     _modules: Vec<Arc<CudaModule>>,
 }
 
@@ -59,6 +63,7 @@ impl std::fmt::Debug for Kernels {
             .field("image", &self.image)
             .field("compute_capability", &self.compute_capability)
             .field("num_sms", &self.num_sms)
+            .field("programmatic", &self.programmatic_launch())
             .finish()
     }
 }
@@ -143,7 +148,15 @@ impl Kernels {
             gemv: [gemv_row("bf16")?, gemv_row("f32")?, gemv_row("silu")?],
             gemv_mma: [gemv_mma_row("bf16")?, gemv_mma_row("f32")?, gemv_mma_row("silu")?],
         };
-        Ok(Kernels { ctx: ctx.clone(), f, image, compute_capability: (major, minor), num_sms: num_sms.max(1) as usize, _modules: modules })
+        Ok(Kernels {
+            ctx: ctx.clone(),
+            f,
+            image,
+            compute_capability: (major, minor),
+            num_sms: num_sms.max(1) as usize,
+            programmatic: AtomicBool::new(false),
+            _modules: modules,
+        })
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
@@ -160,6 +173,37 @@ impl Kernels {
 
     pub fn num_sms(&self) -> usize {
         self.num_sms
+    }
+
+    /// Programmatic dependent launch: every later launch lets the driver start the kernel
+    /// while the previous kernel in the stream is still running (its blocks wait in
+    /// `griddepcontrol.wait` until that kernel has finished and its writes are visible), which
+    /// hides launch latency between the many small kernels of a decode step, in CUDA graphs
+    /// too. Only with the sm_90a cubin (H100, H200): the sm_80 cubin has no
+    /// `griddepcontrol`, and only the cubin's SASS is checked at build time to wait before
+    /// its first load (a driver JIT of the PTX on a newer GPU is not), so elsewhere it is
+    /// refused.
+    pub fn set_programmatic_launch(&self, on: bool) -> Result<(), KernelError> {
+        if on && self.image != ImageKind::Sm90aCubin {
+            return Err(KernelError::arg(
+                "set_programmatic_launch",
+                format!(
+                    "programmatic dependent launch is built for the sm_90a image (compute capability 9.0); this device is {}.{} ({:?})",
+                    self.compute_capability.0, self.compute_capability.1, self.image
+                ),
+            ));
+        }
+        self.programmatic.store(on, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn programmatic_launch(&self) -> bool {
+        self.programmatic.load(Ordering::Relaxed)
+    }
+
+    /// A launch of `func` on `stream`, programmatic or not as set.
+    pub(crate) fn launch<'a>(&self, stream: &'a CudaStream, func: &'a CudaFunction) -> KernelLaunch<'a> {
+        KernelLaunch::new(stream, func, self.programmatic_launch())
     }
 
     /// Launching on a stream of another context would fail inside the driver with a less

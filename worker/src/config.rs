@@ -51,6 +51,9 @@ pub struct WorkerConfig {
     /// Plan each engine step while the previous one runs (its decode tokens fed on the
     /// device); any backend, a gain only where steps run asynchronously (CUDA).
     pub overlap_steps: bool,
+    /// CUDA (H100/H200): launch kernels with programmatic dependent launch, so each one is
+    /// scheduled while the previous one finishes.
+    pub programmatic_launch: bool,
     pub kv_blocks: Option<usize>,
     pub kv_cache_mib: usize,
     pub max_model_len: Option<usize>,
@@ -78,6 +81,7 @@ impl Default for WorkerConfig {
             gpu_memory_fraction: 0.9,
             cuda_graphs: false,
             overlap_steps: false,
+            programmatic_launch: false,
             kv_blocks: None,
             kv_cache_mib: 1024,
             max_model_len: None,
@@ -140,6 +144,11 @@ pub struct ServeFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overlap_steps: Option<bool>,
+    /// CUDA on H100/H200: programmatic dependent launch, each kernel scheduled while the
+    /// previous one finishes (true|false) [default false until a GPU run has measured it].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub programmatic_launch: Option<bool>,
     /// KV cache blocks of 16 tokens (overrides the memory-based sizing).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1,9 +1,10 @@
 //! SiLU(gate) · up (kernels/cuda/silu_mul.cu).
 
-use cudarc::driver::{CudaStream, CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut};
 use half::bf16;
 
 use crate::KernelError;
+use crate::launch::PushArg;
 use crate::runtime::{Kernels, cfg, check_aligned16, drv, to_i32, to_u32};
 use crate::shapes::SiluDims;
 
@@ -31,10 +32,10 @@ impl Kernels {
         let inter = to_i32(OP, "inter", a.dims.inter)?;
         let n = to_i32(OP, "num_tokens", a.dims.num_tokens)?;
         let grid = (to_u32(OP, "grid.x", (a.dims.inter / 8).div_ceil(256))?, n as u32, 1);
-        let mut b = stream.launch_builder(&self.f.silu_mul);
+        let mut b = self.launch(stream, &self.f.silu_mul);
         b.arg(&a.gate_up).arg(&inter).arg(&n).arg(&mut a.out);
         // SAFETY: matches tf_silu_mul(const bf16*, int, int, bf16*); lengths checked for
         // tokens × 2·inter in and tokens × inter out, inter % 8 == 0 for the 16-byte chunks.
-        unsafe { b.launch(cfg(grid, 256)) }.map(|_| ()).map_err(drv(OP))
+        unsafe { b.launch(cfg(grid, 256)) }.map_err(drv(OP))
     }
 }

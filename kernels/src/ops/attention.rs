@@ -5,10 +5,11 @@
 //! up to 64. Decode reads each K/V row once per block for groups of 1, 2, 3, 4 and 8 heads;
 //! other groups run in tiles of the largest of those that divides them (6 → 2 × 3).
 
-use cudarc::driver::{CudaStream, CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut};
 use half::bf16;
 
 use crate::KernelError;
+use crate::launch::PushArg;
 use crate::runtime::{DECODE_TILES, Kernels, cfg, check_aligned16, drv, to_i32, to_u32};
 use crate::shapes::{AttnLens, AttnShape, DecodeDims, DecodePlan, KvCacheShape, PrefillDims};
 
@@ -97,14 +98,14 @@ impl Kernels {
         let group = to_i32(OP, "group", d.shape.group())?;
         let sc = scale(&d.shape);
         let f = &self.f.prefill[hd_index(&d.shape)];
-        let mut b = stream.launch_builder(f);
+        let mut b = self.launch(stream, f);
         b.arg(&a.q).arg(&q_stride).arg(&a.kv.k_cache).arg(&a.kv.v_cache).arg(&a.kv.block_tables).arg(&max_blocks);
         b.arg(&a.kv.context_lens).arg(&a.query_starts).arg(&pool).arg(&nkv).arg(&group).arg(&sc).arg(&mut a.out).arg(&out_stride);
         // SAFETY: matches tf_attn_prefill_hd*(q, long long, k, v, int*, int, int*, int*, int,
         // int, int, float, out, long long). Host-checked: buffer lengths for num_tokens rows
         // at the given strides, cache and table shapes, 16-byte alignment. The kernel clamps
         // context lengths to the table width and zero-fills keys on blocks outside the pool.
-        unsafe { b.launch(cfg(d.grid(), 128)) }.map(|_| ()).map_err(drv(OP))
+        unsafe { b.launch(cfg(d.grid(), 128)) }.map_err(drv(OP))
     }
 
     /// The split plan `attention_decode` will use for these dims on this device (size the
@@ -143,7 +144,7 @@ impl Kernels {
             to_u32(OP, "num_seqs", d.num_seqs())?,
         );
         let hd = hd_index(&d.shape);
-        let mut b = stream.launch_builder(&self.f.decode[hd][tile_idx]);
+        let mut b = self.launch(stream, &self.f.decode[hd][tile_idx]);
         b.arg(&a.q).arg(&q_stride).arg(&a.kv.k_cache).arg(&a.kv.v_cache).arg(&a.kv.block_tables).arg(&max_blocks);
         b.arg(&a.kv.context_lens).arg(&pool).arg(&nkv).arg(&group).arg(&sc).arg(&partition).arg(&splits);
         b.arg(&mut a.out).arg(&out_stride).arg(&mut a.workspace_acc).arg(&mut a.workspace_ml);
@@ -155,7 +156,7 @@ impl Kernels {
         unsafe { b.launch(cfg(grid, 128)) }.map_err(drv(OP))?;
         if plan.num_splits > 1 {
             let mgrid = (to_u32(OP, "num_heads", d.shape.num_heads)?, grid.2, 1);
-            let mut m = stream.launch_builder(&self.f.decode_merge[hd]);
+            let mut m = self.launch(stream, &self.f.decode_merge[hd]);
             let (acc, ml) = (a.workspace_acc.as_view(), a.workspace_ml.as_view());
             m.arg(&acc).arg(&ml).arg(&splits).arg(&mut a.out).arg(&out_stride);
             // SAFETY: matches tf_attn_decode_merge_hd*(const float*, const float*, int, bf16*,

@@ -1,9 +1,10 @@
 //! Embedding gather (kernels/cuda/embedding.cu).
 
-use cudarc::driver::{CudaStream, CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut};
 use half::bf16;
 
 use crate::KernelError;
+use crate::launch::PushArg;
 use crate::runtime::{Kernels, cfg, check_aligned16, drv, to_i32, to_u32};
 use crate::shapes::{EmbeddingDims, ensure};
 
@@ -34,12 +35,12 @@ impl Kernels {
         let vocab = to_i32(OP, "vocab", a.dims.vocab)?;
         let hidden = to_i32(OP, "hidden", a.dims.hidden)?;
         let grid = (to_u32(OP, "grid.x", (a.dims.hidden / 8).div_ceil(128))?, n as u32, 1);
-        let mut b = stream.launch_builder(&self.f.embedding);
+        let mut b = self.launch(stream, &self.f.embedding);
         b.arg(&a.ids).arg(&n).arg(&a.table).arg(&vocab).arg(&hidden).arg(&mut a.out);
         // SAFETY: the argument list matches tf_embedding_gather's signature (int*, int, bf16*,
         // int, int, float*); lengths and alignment were checked above against the grid, and
         // the kernel bounds-checks ids on the device.
-        unsafe { b.launch(cfg(grid, 128)) }.map(|_| ()).map_err(drv(OP))
+        unsafe { b.launch(cfg(grid, 128)) }.map_err(drv(OP))
     }
 }
 
@@ -69,11 +70,11 @@ impl Kernels {
         let num_tokens = to_i32(OP, "ids", a.ids.len())?;
         let num_sampled = to_i32(OP, "sampled", a.sampled.len())?;
         let grid = (to_u32(OP, "grid.x", a.count.div_ceil(128))?, 1, 1);
-        let mut b = stream.launch_builder(&self.f.feed_tokens);
+        let mut b = self.launch(stream, &self.f.feed_tokens);
         b.arg(&mut a.ids).arg(&num_tokens).arg(&a.sampled).arg(&num_sampled).arg(&a.feed).arg(&n);
         // SAFETY: the argument list matches tf_feed_tokens's signature (int*, int, int*, int,
         // int*, int); `feed` holds 2·count ints (checked above) and the kernel bounds-checks
         // every index it reads from it against the two lengths passed.
-        unsafe { b.launch(cfg(grid, 128)) }.map(|_| ()).map_err(drv(OP))
+        unsafe { b.launch(cfg(grid, 128)) }.map_err(drv(OP))
     }
 }

@@ -1,10 +1,11 @@
 //! Small-batch GEMV with fused epilogues: row pairs on the CUDA cores (kernels/cuda/gemv.cu)
 //! or 16-row tiles on the tensor cores (kernels/cuda/gemv_mma.cu).
 
-use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DeviceRepr};
 use half::bf16;
 
 use crate::KernelError;
+use crate::launch::PushArg;
 use crate::runtime::{Kernels, cfg, check_aligned16, drv, to_i32, to_u32};
 use crate::shapes::{GemvDims, GemvEpilogue, GemvKernel};
 
@@ -74,7 +75,7 @@ impl Kernels {
         };
         let units = to_i32(OP, "weight row groups", units)?;
         let grid = (to_u32(OP, "blocks", blocks)?, 1, 1);
-        let mut b = stream.launch_builder(func);
+        let mut b = self.launch(stream, func);
         b.arg(&a.x).arg(&a.w).arg(&k).arg(&units).arg(&out_cols).arg(&mut a.out);
         // SAFETY: both kernel families take (const bf16* x, const bf16* w, int k, int units,
         // int out_cols, void* out) with t = d.t, checked within the family's 1..=max_rows.
@@ -83,6 +84,6 @@ impl Kernels {
         // aligned); n a multiple of the family's row group (a pair, or a 16-row tile), so
         // every row a block reads exists. `units` is pairs (n/2) or tiles (n/16), matching
         // the grid above.
-        unsafe { b.launch(cfg(grid, threads)) }.map(|_| ()).map_err(drv(OP))
+        unsafe { b.launch(cfg(grid, threads)) }.map_err(drv(OP))
     }
 }

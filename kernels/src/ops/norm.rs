@@ -1,9 +1,10 @@
 //! RMSNorm and fused residual-add + RMSNorm (kernels/cuda/rmsnorm.cu).
 
-use cudarc::driver::{CudaStream, CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut};
 use half::bf16;
 
 use crate::KernelError;
+use crate::launch::PushArg;
 use crate::runtime::{Kernels, cfg, check_aligned16, drv, to_i32, to_u32};
 use crate::shapes::NormDims;
 
@@ -54,11 +55,11 @@ impl Kernels {
         }
         let hidden = to_i32(OP, "hidden", a.dims.hidden)?;
         let grid = (to_u32(OP, "rows", a.dims.rows)?, 1, 1);
-        let mut b = stream.launch_builder(&self.f.rmsnorm);
+        let mut b = self.launch(stream, &self.f.rmsnorm);
         b.arg(&a.x).arg(&a.weight).arg(&mut a.out).arg(&hidden).arg(&a.eps);
         // SAFETY: matches tf_rmsnorm(const float*, const bf16*, bf16*, int, float); one block
         // per row, every buffer checked to hold rows × hidden (weight: hidden) elements.
-        unsafe { b.launch(cfg(grid, 256)) }.map(|_| ()).map_err(drv(OP))
+        unsafe { b.launch(cfg(grid, 256)) }.map_err(drv(OP))
     }
 
     /// Launches `tf_add_rmsnorm`: grid rows, block 256.
@@ -76,10 +77,10 @@ impl Kernels {
         }
         let hidden = to_i32(OP, "hidden", a.dims.hidden)?;
         let grid = (to_u32(OP, "rows", a.dims.rows)?, 1, 1);
-        let mut b = stream.launch_builder(&self.f.add_rmsnorm);
+        let mut b = self.launch(stream, &self.f.add_rmsnorm);
         b.arg(&mut a.x).arg(&a.delta).arg(&a.weight).arg(&mut a.out).arg(&hidden).arg(&a.eps);
         // SAFETY: matches tf_add_rmsnorm(float*, const bf16*, const bf16*, bf16*, int, float);
         // lengths checked as for rmsnorm; x and out are distinct views (one &mut each).
-        unsafe { b.launch(cfg(grid, 256)) }.map(|_| ()).map_err(drv(OP))
+        unsafe { b.launch(cfg(grid, 256)) }.map_err(drv(OP))
     }
 }

@@ -1,9 +1,10 @@
 //! RoPE (llama3 inverse frequencies) + paged KV-cache write (kernels/cuda/rope_kv.cu).
 
-use cudarc::driver::{CudaStream, CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut};
 use half::bf16;
 
 use crate::KernelError;
+use crate::launch::PushArg;
 use crate::runtime::{Kernels, cfg, check_aligned16, drv, to_i32, to_u32};
 use crate::shapes::{BLOCK_SIZE, RopeDims, RopeLens};
 
@@ -52,12 +53,12 @@ impl Kernels {
         let hd = to_i32(OP, "head_dim", s.head_dim)?;
         let num_slots = (a.dims.cache.num_blocks * BLOCK_SIZE) as i64;
         let grid = (to_u32(OP, "num_tokens", a.dims.num_tokens)?, 1, 1);
-        let mut b = stream.launch_builder(&self.f.rope_kv);
+        let mut b = self.launch(stream, &self.f.rope_kv);
         b.arg(&mut a.qkv).arg(&n).arg(&nh).arg(&nkv).arg(&hd).arg(&a.positions).arg(&a.slots).arg(&num_slots);
         b.arg(&a.inv_freq).arg(&mut a.k_cache).arg(&mut a.v_cache);
         // SAFETY: matches tf_rope_kv_write(bf16*, int, int, int, int, const int*, const int*,
         // long long, const float*, bf16*, bf16*); qkv holds tokens × (nh + 2·nkv)·hd, the
         // caches num_slots × nkv × hd, and the kernel skips slots outside [0, num_slots).
-        unsafe { b.launch(cfg(grid, 128)) }.map(|_| ()).map_err(drv(OP))
+        unsafe { b.launch(cfg(grid, 128)) }.map_err(drv(OP))
     }
 }

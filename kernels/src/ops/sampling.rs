@@ -1,9 +1,10 @@
 //! Logits processing + sampling on the device (kernels/cuda/sampling.cu), exactly per
 //! worker/src/engine/sampler.rs.
 
-use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DeviceRepr};
 
 use crate::KernelError;
+use crate::launch::PushArg;
 use crate::runtime::{Kernels, cfg, drv, to_i32, to_u32};
 use crate::shapes::{SampleDims, SampleLens};
 
@@ -139,14 +140,14 @@ impl Kernels {
         let sup_nnz = to_i32(OP, "suppressed ids", a.suppress.ids.len())?;
         let chunks = to_i32(OP, "stat chunks", d.stat_chunks())?;
         let rows = to_u32(OP, "rows", d.rows)?;
-        let mut st = stream.launch_builder(&self.f.sample_stats);
+        let mut st = self.launch(stream, &self.f.sample_stats);
         st.arg(&a.logits).arg(&stride).arg(&vocab).arg(&mut a.partials.max).arg(&mut a.partials.sum).arg(&mut a.partials.arg);
         // SAFETY: matches tf_sample_stats(const float*, long long, int, float*, double*,
         // unsigned long long*); grid (chunks, rows) reads ids < vocab of each checked logits
         // row and writes rows × chunks partials, which `check` verified fit.
         unsafe { st.launch(cfg((chunks as u32, rows, 1), 256)) }.map_err(drv(OP))?;
         let grid = (rows, 1, 1);
-        let mut b = stream.launch_builder(&self.f.sample);
+        let mut b = self.launch(stream, &self.f.sample);
         b.arg(&a.logits).arg(&stride).arg(&vocab).arg(&a.params);
         b.arg(&a.penalties.offsets).arg(&a.penalties.ids).arg(&a.penalty_counts).arg(&pen_nnz);
         b.arg(&a.suppress.offsets).arg(&a.suppress.ids).arg(&sup_nnz).arg(&mut a.scratch);
@@ -159,6 +160,6 @@ impl Kernels {
         // stride logits, rows + 1 offsets, rows × vocab scratch, rows × 20 top outputs, rows ×
         // chunks partials written by the launch above on the same stream); the kernel clamps
         // CSR offsets to the lists and skips ids outside the vocabulary.
-        unsafe { b.launch(cfg(grid, 512)) }.map(|_| ()).map_err(drv(OP))
+        unsafe { b.launch(cfg(grid, 512)) }.map_err(drv(OP))
     }
 }

@@ -60,6 +60,9 @@ pub struct BenchEngineArgs {
     /// device), as `serve --overlap-steps true` runs.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     overlap: bool,
+    /// CUDA on H100/H200: programmatic dependent launch (`serve --programmatic-launch true`).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    programmatic_launch: bool,
     /// Measure only the scheduler with a no-op backend and this many running sequences.
     #[arg(long)]
     scheduler_only: Option<usize>,
@@ -152,7 +155,7 @@ fn backend_steps(a: &BenchEngineArgs) -> anyhow::Result<serde_json::Value> {
     let mut backend = make_backend(
         &a.backend,
         a.device,
-        a.cuda_graphs,
+        CudaLaunchOptions { graphs: a.cuda_graphs, programmatic_launch: a.programmatic_launch },
         &model,
         a.batch * blocks_per_seq,
         a.batch * a.prompt_len,
@@ -213,6 +216,7 @@ fn backend_steps(a: &BenchEngineArgs) -> anyhow::Result<serde_json::Value> {
         "backend": info.name, "device": info.device, "dtype": info.dtype, "model": model.id,
         "batch": a.batch, "prompt_len": a.prompt_len, "gen_len": a.gen_len, "cuda_graphs": a.cuda_graphs && info.name == "cuda",
         "overlap": a.overlap,
+        "programmatic_launch": a.programmatic_launch && info.name == "cuda",
         "prefill_ms": prefill_ms,
         "prefill_gpu_ms": prefill_gpu_ms,
         "decode_gpu_ms": decode_gpu_ms,
@@ -285,13 +289,23 @@ fn random_model(preset: &str, dir: Option<&std::path::Path>) -> anyhow::Result<P
     Ok(dir)
 }
 
+/// How the CUDA backend launches decode steps (unread in a build without `cuda`).
+#[derive(Debug, Clone, Copy, Default)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub struct CudaLaunchOptions {
+    /// Replay decode steps from CUDA graphs.
+    pub graphs: bool,
+    /// Programmatic dependent launch (H100/H200).
+    pub programmatic_launch: bool,
+}
+
 /// A backend of `kind` with `kv_blocks` blocks, able to run steps of `max_tokens` tokens,
 /// `max_seqs` sequences and `max_context` positions.
 #[allow(clippy::too_many_arguments)]
 pub fn make_backend(
     kind: &str,
     device: usize,
-    cuda_graphs: bool,
+    launch: CudaLaunchOptions,
     model: &Model,
     kv_blocks: usize,
     max_tokens: usize,
@@ -300,13 +314,9 @@ pub fn make_backend(
 ) -> anyhow::Result<Box<dyn Backend>> {
     match kind {
         "cpu" => Ok(Box::new(CpuBackend::new(model, kv_blocks))),
-        "cuda" => cuda_backend(
-            device,
-            cuda_graphs,
-            model,
-            kv_blocks,
-            crate::backend::cuda_plan::StepCapacity { max_tokens, max_seqs, max_context },
-        ),
+        "cuda" => {
+            cuda_backend(device, launch, model, kv_blocks, crate::backend::cuda_plan::StepCapacity { max_tokens, max_seqs, max_context })
+        }
         other => bail!("unknown backend `{other}` (cpu or cuda)"),
     }
 }
@@ -314,13 +324,21 @@ pub fn make_backend(
 #[cfg(feature = "cuda")]
 fn cuda_backend(
     device: usize,
-    cuda_graphs: bool,
+    launch: CudaLaunchOptions,
     model: &Model,
     kv_blocks: usize,
     capacity: crate::backend::cuda_plan::StepCapacity,
 ) -> anyhow::Result<Box<dyn Backend>> {
     use crate::backend::cuda::{CudaBackend, CudaConfig};
-    let cfg = CudaConfig { device, gpu_memory_fraction: 0.9, kv_blocks: Some(kv_blocks), capacity, tune_gemms: true, cuda_graphs };
+    let cfg = CudaConfig {
+        device,
+        gpu_memory_fraction: 0.9,
+        kv_blocks: Some(kv_blocks),
+        capacity,
+        tune_gemms: true,
+        cuda_graphs: launch.graphs,
+        programmatic_launch: launch.programmatic_launch,
+    };
     let mut backend = CudaBackend::new(model, &cfg, &mut |_| {}).map_err(|e| anyhow::anyhow!("CUDA backend: {e}"))?;
     backend.warm_up().map_err(|e| anyhow::anyhow!("CUDA warm-up: {e}"))?;
     Ok(Box::new(backend))
@@ -329,7 +347,7 @@ fn cuda_backend(
 #[cfg(not(feature = "cuda"))]
 fn cuda_backend(
     _device: usize,
-    _cuda_graphs: bool,
+    _launch: CudaLaunchOptions,
     _model: &Model,
     _kv_blocks: usize,
     _capacity: crate::backend::cuda_plan::StepCapacity,

@@ -86,6 +86,14 @@ fn kernels(device: usize) -> anyhow::Result<(serde_json::Value, bool)> {
     Ok((serde_json::to_value(&report)?, ok))
 }
 
+/// Whether the device runs the sm_90a image, the one programmatic launch is built for.
+fn programmatic_launch_supported(device: usize) -> anyhow::Result<bool> {
+    let ctx = cudarc::driver::CudaContext::new(device).map_err(|e| anyhow::anyhow!("CUDA context: {e:?}"))?;
+    let (major, minor) = ctx.compute_capability().map_err(|e| anyhow::anyhow!("compute capability: {e:?}"))?;
+    Ok(tokenfleet_kernels::module::ImageKind::for_compute_capability(major, minor).ok()
+        == Some(tokenfleet_kernels::module::ImageKind::Sm90aCubin))
+}
+
 fn bandwidth(device: usize) -> anyhow::Result<serde_json::Value> {
     let (ctx, _k) = tokenfleet_kernels::Kernels::open(device).map_err(|e| anyhow::anyhow!("{e}"))?;
     let s = ctx.default_stream();
@@ -239,6 +247,7 @@ fn parity(device: usize, models: &[PathBuf], steps: u32) -> anyhow::Result<(serd
             capacity: cap,
             tune_gemms: true,
             cuda_graphs,
+            programmatic_launch: false,
         };
         let cuda = CudaBackend::new(&model, &cuda_cfg(false), &mut |_| {}).map_err(|e| anyhow::anyhow!("CUDA backend: {e}"))?;
         let load_s = t.elapsed().as_secs_f64();
@@ -284,6 +293,25 @@ fn parity(device: usize, models: &[PathBuf], steps: u32) -> anyhow::Result<(serd
             batch.iter().map(|r| compare(&together_graphs[&r.request_id], &together_overlap[&r.request_id], 0.02, 2e-2)).collect();
         ok &= overlap_cases.iter().all(|c| c["failure"].is_null());
         let planned_ahead = gpu_overlap.planned_ahead;
+        // The same 16 through graphs captured with programmatic dependent launch (H100/H200
+        // only): the kernels only start earlier, each waits for its predecessor before it
+        // touches memory, so the outputs match ordinary launches — bitwise, unless this second
+        // backend's GEMM tune timed its way to other cuBLASLt algorithms (reported). A race
+        // would show as outputs outside the tolerance, or as a difference between two runs.
+        let pdl = if programmatic_launch_supported(device)? {
+            let cfg = CudaConfig { programmatic_launch: true, ..cuda_cfg(true) };
+            let mut b =
+                CudaBackend::new(&model, &cfg, &mut |_| {}).map_err(|e| anyhow::anyhow!("CUDA backend (programmatic launch): {e}"))?;
+            b.warm_up().map_err(|e| anyhow::anyhow!("CUDA warm-up (programmatic launch): {e}"))?;
+            let mut core = core_for(&model, Box::new(b), 64);
+            let first = run_requests(&mut core, &model, &batch)?;
+            let again = run_requests(&mut core, &model, &batch)?;
+            let cases: Vec<_> = batch.iter().map(|r| compare(&together_graphs[&r.request_id], &first[&r.request_id], 0.02, 2e-2)).collect();
+            ok &= cases.iter().all(|c| c["failure"].is_null()) && first == again;
+            json!({"bitwise_identical": first == together_graphs, "repeat_bitwise_identical": first == again, "cases": cases})
+        } else {
+            json!({"skipped": "programmatic dependent launch needs the sm_90a image (compute capability 9.0)"})
+        };
         let mut batch_cases = Vec::new();
         let mut batch_graph_cases = Vec::new();
         for r in &batch {
@@ -301,6 +329,7 @@ fn parity(device: usize, models: &[PathBuf], steps: u32) -> anyhow::Result<(serd
             "head_dim": model.config.head_dim, "tied": model.config.tie_word_embeddings}, "cuda_load_s": load_s,
             "cuda_vs_cpu": cases, "batch16_vs_alone": batch_cases, "batch16_graphs_vs_alone_eager": batch_graph_cases,
             "batch16_overlap_vs_synchronous": {"bitwise_identical": overlap_bitwise, "steps_planned_ahead": planned_ahead, "cases": overlap_cases},
+            "batch16_programmatic_launch_vs_ordinary": pdl,
             "cuda_outputs": cuda_outputs,
         }));
     }

@@ -71,6 +71,7 @@ fn build_cuda(a: &WorkerConfig, model: &Model) -> anyhow::Result<(Box<dyn Backen
         capacity: StepCapacity { max_tokens: a.max_batch_tokens.max(1), max_seqs: a.max_running.max(1), max_context },
         tune_gemms: true,
         cuda_graphs: a.cuda_graphs,
+        programmatic_launch: a.programmatic_launch,
     };
     let pb = super::progress_bar(crate::backend::cuda_plan::weight_bytes(&model.config) as u64, "loading weights to the GPU");
     let mut backend = CudaBackend::new(model, &cfg, &mut |n| pb.inc(n)).map_err(|e| anyhow::anyhow!("CUDA backend: {e}"))?;

@@ -48,6 +48,9 @@ pub struct CudaConfig {
     pub tune_gemms: bool,
     /// Replay decode steps from captured CUDA graphs.
     pub cuda_graphs: bool,
+    /// Launch our kernels with programmatic dependent launch (sm_90a image only; refused
+    /// with a clear error elsewhere).
+    pub programmatic_launch: bool,
 }
 
 fn dev(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> BackendError {
@@ -135,6 +138,7 @@ impl CudaBackend {
         // One stream: cudarc's cross-stream event tracking would only add overhead.
         // SAFETY: this backend never uses a second stream.
         unsafe { ctx.disable_event_tracking() };
+        k.set_programmatic_launch(cfg.programmatic_launch).map_err(kern)?;
         // A stream of our own, not cudarc's default (the legacy NULL stream): CUDA-graph
         // capture is refused on the NULL stream, and a non-blocking stream is not serialised
         // against other users of the context either.
@@ -181,6 +185,7 @@ impl CudaBackend {
             kv_blocks = num_blocks,
             weights_mib = cuda_plan::weight_bytes(&mc) >> 20,
             cuda_graphs = cfg.cuda_graphs,
+            programmatic_launch = cfg.programmatic_launch,
             "CUDA backend ready"
         );
         let slots = vec![Slot::new(&ctx, &bufs.sample_outputs())?, Slot::new(&ctx, &bufs.sample_outputs())?];
