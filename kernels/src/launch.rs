@@ -36,9 +36,17 @@ impl ArgValue {
     }
 }
 
-/// The driver's parameter array: one pointer per argument, into `args`.
-fn params(args: &mut [ArgValue]) -> Vec<*mut c_void> {
-    args.iter_mut().map(ArgValue::param).collect()
+/// Most arguments a kernel may take (ours: at most 20, tf_sample). Held inline: a decode step
+/// queues ≈ 290 launches, none of which should allocate.
+const MAX_ARGS: usize = 24;
+
+/// The driver's parameter array: one pointer per argument, into `args` (the rest null).
+fn params(args: &mut [ArgValue]) -> [*mut c_void; MAX_ARGS] {
+    let mut p = [std::ptr::null_mut(); MAX_ARGS];
+    for (slot, a) in p.iter_mut().zip(args.iter_mut()) {
+        *slot = a.param();
+    }
+    p
 }
 
 /// A launch being built: arguments in the kernel's order, then [`KernelLaunch::launch`].
@@ -46,21 +54,30 @@ pub(crate) struct KernelLaunch<'a> {
     stream: &'a CudaStream,
     func: &'a CudaFunction,
     programmatic: bool,
-    args: Vec<ArgValue>,
+    args: [ArgValue; MAX_ARGS],
+    len: usize,
     /// cudarc's read/write bookkeeping of the buffers (no-ops with event tracking off);
     /// dropped only after the launch is queued, as cudarc requires.
-    guards: Vec<SyncOnDrop<'a>>,
+    guards: [Option<SyncOnDrop<'a>>; MAX_ARGS],
 }
 
 impl<'a> KernelLaunch<'a> {
     pub(crate) fn new(stream: &'a CudaStream, func: &'a CudaFunction, programmatic: bool) -> Self {
-        KernelLaunch { stream, func, programmatic, args: Vec::with_capacity(24), guards: Vec::with_capacity(16) }
+        KernelLaunch { stream, func, programmatic, args: [ArgValue::I32(0); MAX_ARGS], len: 0, guards: [const { None }; MAX_ARGS] }
+    }
+
+    /// Appends an argument; one past [`MAX_ARGS`] is counted, and refused at launch.
+    fn push(&mut self, v: ArgValue, guard: Option<SyncOnDrop<'a>>) -> &mut Self {
+        if let Some(slot) = self.args.get_mut(self.len) {
+            *slot = v;
+            self.guards[self.len] = guard;
+        }
+        self.len += 1;
+        self
     }
 
     fn ptr(&mut self, (p, guard): (u64, SyncOnDrop<'a>)) -> &mut Self {
-        self.args.push(ArgValue::Ptr(p));
-        self.guards.push(guard);
-        self
+        self.push(ArgValue::Ptr(p), Some(guard))
     }
 
     /// Queues the kernel on the stream.
@@ -70,8 +87,12 @@ impl<'a> KernelLaunch<'a> {
     /// `cfg` must be a grid the kernel handles for the buffers given (the ops' launchers
     /// check their sizes before they get here).
     pub(crate) unsafe fn launch(mut self, cfg: LaunchConfig) -> Result<(), DriverError> {
+        if self.len > MAX_ARGS {
+            // A launcher bug, not a request's: the kernel would read missing parameters.
+            return Err(DriverError(sys::CUresult::CUDA_ERROR_INVALID_VALUE));
+        }
         self.stream.context().bind_to_thread()?;
-        let mut params = params(&mut self.args);
+        let mut params = params(&mut self.args[..self.len]);
         if self.programmatic {
             // SAFETY: an all-zero attribute is a valid "ignore" entry; id and value are set next.
             let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
@@ -102,7 +123,7 @@ impl<'a> KernelLaunch<'a> {
                     cfg.block_dim,
                     cfg.shared_mem_bytes,
                     self.stream.cu_stream(),
-                    &mut params,
+                    &mut params[..self.len],
                 )
             }
         }
@@ -146,8 +167,7 @@ macro_rules! scalar_arg {
     ($t:ty, $variant:ident) => {
         impl PushArg<&$t> for KernelLaunch<'_> {
             fn arg(&mut self, v: &$t) -> &mut Self {
-                self.args.push(ArgValue::$variant(*v));
-                self
+                self.push(ArgValue::$variant(*v), None)
             }
         }
     };
@@ -163,10 +183,9 @@ mod tests {
 
     #[test]
     fn each_parameter_points_at_its_own_value() {
-        let mut args =
-            vec![ArgValue::Ptr(0xdead_beef_0000), ArgValue::I32(-7), ArgValue::I64(1 << 40), ArgValue::U32(9), ArgValue::F32(0.5)];
+        let mut args = [ArgValue::Ptr(0xdead_beef_0000), ArgValue::I32(-7), ArgValue::I64(1 << 40), ArgValue::U32(9), ArgValue::F32(0.5)];
         let p = params(&mut args);
-        assert_eq!(p.len(), 5);
+        assert!(p[5..].iter().all(|q| q.is_null()));
         // SAFETY: each pointer was taken from the matching variant of `args`, still alive.
         unsafe {
             assert_eq!(*(p[0] as *const u64), 0xdead_beef_0000);
