@@ -8,7 +8,8 @@
 #      attention, embedding, norms, SiLU·mul, both small-batch GEMVs), tensor-core MMA in
 #      the tensor-core GEMV, and that each GEMV issues a whole unrolled group of loads
 #      before its first FMA/MMA, and that every sm_90a kernel waits for its predecessor
-#      (griddepcontrol.wait, for programmatic dependent launch) before touching memory;
+#      (griddepcontrol.wait, for programmatic dependent launch) before touching memory, the
+#      GEMVs after prefetching their weights' heads into L2;
 #   4. builds, lints and unit-tests tokenfleet-kernels with `--features cuda` (build.rs
 #      embeds the images and enforces the same no-spill rule; the host-side tests need no
 #      GPU), then lints the worker with `--features cuda` and runs its backend unit tests.
@@ -147,6 +148,12 @@ for sass in sorted(glob.glob(os.path.join(work, "*.sm_90a.sass"))):
         ok = wait >= 0 and (first is None or wait < first.start())
         sass_rows.append((mod, "sm_90a", fn, "PDL wait first", int(wait >= 0), "ok" if ok else "MISSING"))
         if not ok: bad.append(f"{mod} sm_90a {fn}: no griddepcontrol.wait before its first global memory access")
+        if mod in ("gemv", "gemv_mma"):
+            # The weight prefetch into L2 issued before that wait (cp.async.bulk.prefetch.L2).
+            pf = text.find("UBLKPF")
+            ok = 0 <= pf < wait
+            sass_rows.append((mod, "sm_90a", fn, "L2 prefetch first", int(pf >= 0), "ok" if ok else "MISSING"))
+            if not ok: bad.append(f"{mod} sm_90a {fn}: no L2 weight prefetch before griddepcontrol.wait")
 
 print(f"{'module':<18} {'arch':<7} {'kernel':<30} {'regs':>4} {'stack':>5} {'spill':>5}  status")
 for r in rows: print(f"{r[0]:<18} {r[1]:<7} {r[2]:<30} {r[3]:>4} {r[4]:>5} {r[5]:>5}  {r[6]}")

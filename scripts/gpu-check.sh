@@ -84,8 +84,11 @@ tier_speed() {
   bench bs1-ctx512 --batch 1 --prompt-len 512 --gen-len 64 --repeats 3 "${G[@]}"
   # Step n+1 queued (tokens fed on the device) before step n is read back.
   bench bs1-ctx512-overlap --batch 1 --prompt-len 512 --gen-len 64 --repeats 1 "${G[@]}" --overlap true
-  # Programmatic dependent launch: each kernel scheduled while the previous one finishes.
+  # Programmatic dependent launch: each kernel scheduled while the previous one finishes,
+  # the GEMVs prefetching their weights' heads into L2 meanwhile (16 MiB), and without that.
   bench bs1-ctx512-pdl --batch 1 --prompt-len 512 --gen-len 64 --repeats 1 "${G[@]}" --programmatic-launch true
+  bench bs1-ctx512-pdl-noprefetch --batch 1 --prompt-len 512 --gen-len 64 --repeats 1 "${G[@]}" --programmatic-launch true \
+    --gemv-prefetch-mib 0
   bench bs1-ctx512-eager --batch 1 --prompt-len 512 --gen-len 64 --repeats 3
   bench prefill2048 --batch 1 --prompt-len 2048 --gen-len 4 --repeats 3
   python3 "$ROOT/scripts/gpu/hf_peer.py" "$MINI" "$OUT/speed-transformers-bs1.json" --prompt-len 512 --new 64 || status=1
@@ -215,7 +218,7 @@ for name, r in sorted(allres.items()):
     frac = f"{floor_ms / r['decode_step_ms']:.0%}" if floor_ms else "?"
     rows.append(f"{name:28s} decode {r['decode_step_ms']:8.3f} ms (gpu {gpu if gpu is None else round(gpu, 3)}) "
                 f"floor {floor_ms and round(floor_ms, 3)} ms = {frac}; prefill {r.get('prefill_ms', 0):8.1f} ms; "
-                f"graphs={r.get('cuda_graphs')} overlap={r.get('overlap')} pdl={r.get('programmatic_launch')} {r.get('backend_counters', {})}")
+                f"graphs={r.get('cuda_graphs')} overlap={r.get('overlap')} pdl={r.get('programmatic_launch')} prefetch={r.get('gemv_prefetch_mib')} {r.get('backend_counters', {})}")
 if rows:
     print("\n".join(rows))
 # The bs1 ctx512 decode step rebuilt from the kernel self-test's in-graph times (Minitron-4B:

@@ -24,10 +24,28 @@ namespace tf {
 // only launch latency and block scheduling overlap, never memory; without it, both are no-ops.
 // The wait comes before any early return, so a grid always completes after its predecessor
 // and ordering stays transitive along the stream.
-TF_DEV void pdl_entry() {
+TF_DEV void pdl_launch_dependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+TF_DEV void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+TF_DEV void pdl_entry() {
+  pdl_launch_dependents();
+  pdl_wait();
+}
+
+// Asks L2 to fetch `bytes` (a multiple of 16, 16-byte aligned) from global memory ahead of
+// use, with no registers and nothing to wait for (sm_90 bulk prefetch; nothing on sm_80).
+// Only for data no earlier kernel writes (weights): the GEMVs issue it before pdl_wait(), so
+// with programmatic launch their weights stream in while the previous kernel finishes.
+TF_DEV void prefetch_l2(const void* p, int bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (bytes > 0) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
 #endif
 }
 

@@ -25,13 +25,18 @@ enum Mode { kPlainBf16 = 0, kPlainF32 = 1, kSiluBf16 = 2 };
 
 template <int T, int MODE>
 TF_DEV void gemv(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w, int k, int pairs, int out_cols,
-                 void* __restrict__ out) {
+                 void* __restrict__ out, int prefetch_bytes) {
   constexpr int kUnroll = T <= 4 ? 4 : 2;
   const int lane = threadIdx.x & 31;
   const int pair = blockIdx.x * kWarps + (threadIdx.x >> 5);
-  if (pair >= pairs) return;  // whole warps only: no block-level barrier below
   const int r0 = MODE == kSiluBf16 ? pair : 2 * pair;
   const int r1 = MODE == kSiluBf16 ? pairs + pair : 2 * pair + 1;
+  // The head of each of the warp's two weight rows into L2 before waiting for the previous
+  // kernel (prefetch_bytes is 0 unless programmatic launch is on).
+  tf::pdl_launch_dependents();
+  if (pair < pairs && lane < 2) tf::prefetch_l2(w + (size_t)(lane == 0 ? r0 : r1) * k, prefetch_bytes);
+  tf::pdl_wait();
+  if (pair >= pairs) return;  // whole warps only: no block-level barrier below
   const __nv_bfloat16* w0 = w + (size_t)r0 * k;
   const __nv_bfloat16* w1 = w + (size_t)r1 * k;
   const int chunks = k >> 3;
@@ -103,9 +108,8 @@ TF_DEV void gemv(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __res
 #define TF_GEMV(T, MODE, NAME)                                                                                          \
   extern "C" __global__ void __launch_bounds__(kThreads, 1)                                                             \
       tf_gemv_##NAME##_t##T(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w, int k, int pairs, \
-                            int out_cols, void* __restrict__ out) {                                                     \
-    tf::pdl_entry();                                                                                                    \
-    gemv<T, MODE>(x, w, k, pairs, out_cols, out);                                                                       \
+                            int out_cols, void* __restrict__ out, int prefetch_bytes) {                                 \
+    gemv<T, MODE>(x, w, k, pairs, out_cols, out, prefetch_bytes);                                                       \
   }
 TF_ROWS_1_TO_8(TF_GEMV, kPlainBf16, bf16)
 TF_ROWS_1_TO_8(TF_GEMV, kPlainF32, f32)

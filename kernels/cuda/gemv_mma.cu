@@ -41,7 +41,7 @@ TF_DEV uint32_t word(const uint4& v, int i) { return i == 0 ? v.x : i == 1 ? v.y
 
 template <int T, int MODE>
 TF_DEV void gemv_mma(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w, int k, int tiles, int out_cols,
-                     void* __restrict__ out) {
+                     void* __restrict__ out, int prefetch_bytes) {
   constexpr int NT = (T + 7) / 8;  // MMA n-tiles of 8 activation rows
   __shared__ float partial[kWarps][NT][4][32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -54,6 +54,16 @@ TF_DEV void gemv_mma(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* _
   // loaded from offset 0 instead, so no address ever leaves its row (k can be 8 < 8q + 8).
   const __nv_bfloat16* w_lo = w + (size_t)row_lo * k;
   const __nv_bfloat16* w_hi = w + (size_t)row_hi * k;
+  // The head of each of the tile's 16 weight rows into L2 (lane i < 16 of warp 0 takes
+  // fragment row i: lo rows for i < 8, hi rows after) before waiting for the previous kernel;
+  // prefetch_bytes is 0 unless programmatic launch is on.
+  tf::pdl_launch_dependents();
+  if (warp == 0 && lane < 16) {
+    const int i = lane & 7;
+    const int r = lane < 8 ? (MODE == kSiluBf16 ? tile * 8 + i : tile * 16 + i) : (MODE == kSiluBf16 ? (tiles + tile) * 8 + i : tile * 16 + 8 + i);
+    tf::prefetch_l2(w + (size_t)r * k, prefetch_bytes);
+  }
+  tf::pdl_wait();
   const __nv_bfloat16* xr[NT];
   bool x_in[NT];
 #pragma unroll
@@ -157,9 +167,8 @@ TF_DEV void gemv_mma(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* _
 #define TF_GEMV_MMA(T, MODE, NAME)                                                                               \
   extern "C" __global__ void __launch_bounds__(kThreads, 1)                                                      \
       tf_gemv_mma_##NAME##_t##T(const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w, int k, \
-                                int tiles, int out_cols, void* __restrict__ out) {                               \
-    tf::pdl_entry();                                                                                             \
-    gemv_mma<T, MODE>(x, w, k, tiles, out_cols, out);                                                            \
+                                int tiles, int out_cols, void* __restrict__ out, int prefetch_bytes) {           \
+    gemv_mma<T, MODE>(x, w, k, tiles, out_cols, out, prefetch_bytes);                                            \
   }
 TF_ROWS_1_TO_16(TF_GEMV_MMA, kPlainBf16, bf16)
 TF_ROWS_1_TO_16(TF_GEMV_MMA, kPlainF32, f32)

@@ -1,7 +1,7 @@
 //! Loading the compiled images onto a device and the plumbing every launcher shares.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DevicePtr, DriverError, LaunchConfig};
@@ -53,6 +53,8 @@ pub struct Kernels {
     num_sms: usize,
     /// Launch with programmatic dependent launch (see [`Kernels::set_programmatic_launch`]).
     programmatic: AtomicBool,
+    /// L2 budget of the GEMVs' weight prefetch under programmatic launch (bytes).
+    gemv_prefetch: AtomicUsize,
     _modules: Vec<Arc<CudaModule>>,
 }
 
@@ -155,6 +157,7 @@ impl Kernels {
             compute_capability: (major, minor),
             num_sms: num_sms.max(1) as usize,
             programmatic: AtomicBool::new(false),
+            gemv_prefetch: AtomicUsize::new(0),
             _modules: modules,
         })
     }
@@ -199,6 +202,20 @@ impl Kernels {
 
     pub fn programmatic_launch(&self) -> bool {
         self.programmatic.load(Ordering::Relaxed)
+    }
+
+    /// With programmatic launch on, each small-batch GEMV block first asks L2 for the head of
+    /// its weight rows, then waits for the previous kernel: the weights start streaming while
+    /// that kernel (a norm, RoPE, attention) finishes. `budget` bytes are shared by the blocks
+    /// resident at once ([`crate::shapes::gemv_prefetch_row_bytes`]); 0 turns it off. Without
+    /// programmatic launch nothing is prefetched (the wait would not overlap anything).
+    pub fn set_gemv_prefetch(&self, budget: usize) {
+        self.gemv_prefetch.store(budget, Ordering::Relaxed);
+    }
+
+    /// The prefetch budget in effect: 0 unless programmatic launch is on.
+    pub fn gemv_prefetch(&self) -> usize {
+        if self.programmatic_launch() { self.gemv_prefetch.load(Ordering::Relaxed) } else { 0 }
     }
 
     /// A launch of `func` on `stream`, programmatic or not as set.

@@ -235,6 +235,35 @@ impl GemvKernel {
             GemvKernel::Mma => 16,
         }
     }
+
+    /// Weight rows one block reads (4 warps × a pair, or one MMA tile).
+    pub const fn rows_per_block(self) -> usize {
+        match self {
+            GemvKernel::RowPairs => 8,
+            GemvKernel::Mma => 16,
+        }
+    }
+
+    /// Blocks of this kernel an SM holds at once, from its registers (ptxas: ≤ 137 per thread
+    /// × 128 threads, ≤ 101 × 256): a lower bound, for sizing the L2 prefetch.
+    pub const fn blocks_per_sm(self) -> usize {
+        match self {
+            GemvKernel::RowPairs => 3,
+            GemvKernel::Mma => 2,
+        }
+    }
+}
+
+/// Bytes at the head of each weight row a GEMV block asks L2 to prefetch before it waits for
+/// the previous kernel (programmatic launch): the blocks that can be resident at once share
+/// `budget` bytes, so the prefetched lines fit in L2 until they are read; never more than
+/// the row, always whole 16-byte units; 0 turns it off.
+pub fn gemv_prefetch_row_bytes(budget: usize, kernel: GemvKernel, n: usize, k: usize, num_sms: usize) -> usize {
+    let rows = kernel.rows_per_block();
+    let blocks = n.div_ceil(rows);
+    let resident = blocks.min(num_sms.saturating_mul(kernel.blocks_per_sm())).max(1);
+    let per_row = budget / (rows * resident);
+    per_row.min(k.saturating_mul(2)) / 16 * 16
 }
 
 /// Most activation rows any small-batch GEMV kernel handles.

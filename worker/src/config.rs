@@ -54,6 +54,9 @@ pub struct WorkerConfig {
     /// CUDA (H100/H200): launch kernels with programmatic dependent launch, so each one is
     /// scheduled while the previous one finishes.
     pub programmatic_launch: bool,
+    /// With programmatic launch: MiB of L2 the small-batch GEMVs may fill with the heads of
+    /// their weight rows while the previous kernel finishes (0: off).
+    pub gemv_prefetch_mib: usize,
     pub kv_blocks: Option<usize>,
     pub kv_cache_mib: usize,
     pub max_model_len: Option<usize>,
@@ -82,6 +85,7 @@ impl Default for WorkerConfig {
             cuda_graphs: false,
             overlap_steps: false,
             programmatic_launch: false,
+            gemv_prefetch_mib: 16,
             kv_blocks: None,
             kv_cache_mib: 1024,
             max_model_len: None,
@@ -149,6 +153,11 @@ pub struct ServeFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub programmatic_launch: Option<bool>,
+    /// With --programmatic-launch: MiB of L2 the small-batch GEMVs prefetch their weights into
+    /// while the previous kernel finishes (0 turns it off) [default 16].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gemv_prefetch_mib: Option<usize>,
     /// KV cache blocks of 16 tokens (overrides the memory-based sizing).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

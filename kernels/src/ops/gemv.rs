@@ -7,7 +7,7 @@ use half::bf16;
 use crate::KernelError;
 use crate::launch::PushArg;
 use crate::runtime::{Kernels, cfg, check_aligned16, drv, to_i32, to_u32};
-use crate::shapes::{GemvDims, GemvEpilogue, GemvKernel};
+use crate::shapes::{GemvDims, GemvEpilogue, GemvKernel, gemv_prefetch_row_bytes};
 
 /// Output element types of the GEMV.
 pub trait GemvOut: DeviceRepr {
@@ -74,11 +74,14 @@ impl Kernels {
             }
         };
         let units = to_i32(OP, "weight row groups", units)?;
+        let prefetch = to_i32(OP, "prefetch bytes", gemv_prefetch_row_bytes(self.gemv_prefetch(), d.kernel, d.n, d.k, self.num_sms()))?;
         let grid = (to_u32(OP, "blocks", blocks)?, 1, 1);
         let mut b = self.launch(stream, func);
-        b.arg(&a.x).arg(&a.w).arg(&k).arg(&units).arg(&out_cols).arg(&mut a.out);
+        b.arg(&a.x).arg(&a.w).arg(&k).arg(&units).arg(&out_cols).arg(&mut a.out).arg(&prefetch);
         // SAFETY: both kernel families take (const bf16* x, const bf16* w, int k, int units,
-        // int out_cols, void* out) with t = d.t, checked within the family's 1..=max_rows.
+        // int out_cols, void* out, int prefetch_bytes) with t = d.t, checked within the
+        // family's 1..=max_rows; prefetch_bytes ≤ 2k, a multiple of 16, so each row's
+        // prefetch stays inside its (16-byte aligned) row.
         // Host checks: x ≥ t·k, w ≥ n·k, out ≥ t·out_cols elements of the epilogue's type;
         // k % 8 == 0 and 16-byte aligned x and w for the 16-byte loads (every row then starts
         // aligned); n a multiple of the family's row group (a pair, or a 16-row tile), so

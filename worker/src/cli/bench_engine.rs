@@ -63,6 +63,9 @@ pub struct BenchEngineArgs {
     /// CUDA on H100/H200: programmatic dependent launch (`serve --programmatic-launch true`).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     programmatic_launch: bool,
+    /// With --programmatic-launch: the GEMVs' L2 weight-prefetch budget in MiB (0: off).
+    #[arg(long, default_value_t = 16)]
+    gemv_prefetch_mib: usize,
     /// Measure only the scheduler with a no-op backend and this many running sequences.
     #[arg(long)]
     scheduler_only: Option<usize>,
@@ -155,7 +158,7 @@ fn backend_steps(a: &BenchEngineArgs) -> anyhow::Result<serde_json::Value> {
     let mut backend = make_backend(
         &a.backend,
         a.device,
-        CudaLaunchOptions { graphs: a.cuda_graphs, programmatic_launch: a.programmatic_launch },
+        CudaLaunchOptions { graphs: a.cuda_graphs, programmatic_launch: a.programmatic_launch, gemv_prefetch_mib: a.gemv_prefetch_mib },
         &model,
         a.batch * blocks_per_seq,
         a.batch * a.prompt_len,
@@ -217,6 +220,7 @@ fn backend_steps(a: &BenchEngineArgs) -> anyhow::Result<serde_json::Value> {
         "batch": a.batch, "prompt_len": a.prompt_len, "gen_len": a.gen_len, "cuda_graphs": a.cuda_graphs && info.name == "cuda",
         "overlap": a.overlap,
         "programmatic_launch": a.programmatic_launch && info.name == "cuda",
+        "gemv_prefetch_mib": if a.programmatic_launch && info.name == "cuda" { a.gemv_prefetch_mib } else { 0 },
         "prefill_ms": prefill_ms,
         "prefill_gpu_ms": prefill_gpu_ms,
         "decode_gpu_ms": decode_gpu_ms,
@@ -297,6 +301,8 @@ pub struct CudaLaunchOptions {
     pub graphs: bool,
     /// Programmatic dependent launch (H100/H200).
     pub programmatic_launch: bool,
+    /// With programmatic launch: the GEMVs' L2 weight-prefetch budget in MiB.
+    pub gemv_prefetch_mib: usize,
 }
 
 /// A backend of `kind` with `kv_blocks` blocks, able to run steps of `max_tokens` tokens,
@@ -338,6 +344,7 @@ fn cuda_backend(
         tune_gemms: true,
         cuda_graphs: launch.graphs,
         programmatic_launch: launch.programmatic_launch,
+        gemv_prefetch_mib: launch.gemv_prefetch_mib,
     };
     let mut backend = CudaBackend::new(model, &cfg, &mut |_| {}).map_err(|e| anyhow::anyhow!("CUDA backend: {e}"))?;
     backend.warm_up().map_err(|e| anyhow::anyhow!("CUDA warm-up: {e}"))?;

@@ -248,6 +248,7 @@ fn parity(device: usize, models: &[PathBuf], steps: u32) -> anyhow::Result<(serd
             tune_gemms: true,
             cuda_graphs,
             programmatic_launch: false,
+            gemv_prefetch_mib: 16,
         };
         let cuda = CudaBackend::new(&model, &cuda_cfg(false), &mut |_| {}).map_err(|e| anyhow::anyhow!("CUDA backend: {e}"))?;
         let load_s = t.elapsed().as_secs_f64();

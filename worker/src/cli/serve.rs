@@ -72,6 +72,7 @@ fn build_cuda(a: &WorkerConfig, model: &Model) -> anyhow::Result<(Box<dyn Backen
         tune_gemms: true,
         cuda_graphs: a.cuda_graphs,
         programmatic_launch: a.programmatic_launch,
+        gemv_prefetch_mib: a.gemv_prefetch_mib,
     };
     let pb = super::progress_bar(crate::backend::cuda_plan::weight_bytes(&model.config) as u64, "loading weights to the GPU");
     let mut backend = CudaBackend::new(model, &cfg, &mut |n| pb.inc(n)).map_err(|e| anyhow::anyhow!("CUDA backend: {e}"))?;

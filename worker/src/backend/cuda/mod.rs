@@ -51,6 +51,8 @@ pub struct CudaConfig {
     /// Launch our kernels with programmatic dependent launch (sm_90a image only; refused
     /// with a clear error elsewhere).
     pub programmatic_launch: bool,
+    /// With programmatic launch: the GEMVs' L2 weight-prefetch budget in MiB (0: off).
+    pub gemv_prefetch_mib: usize,
 }
 
 fn dev(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> BackendError {
@@ -139,6 +141,7 @@ impl CudaBackend {
         // SAFETY: this backend never uses a second stream.
         unsafe { ctx.disable_event_tracking() };
         k.set_programmatic_launch(cfg.programmatic_launch).map_err(kern)?;
+        k.set_gemv_prefetch(cfg.gemv_prefetch_mib.saturating_mul(1 << 20));
         // A stream of our own, not cudarc's default (the legacy NULL stream): CUDA-graph
         // capture is refused on the NULL stream, and a non-blocking stream is not serialised
         // against other users of the context either.
@@ -186,6 +189,7 @@ impl CudaBackend {
             weights_mib = cuda_plan::weight_bytes(&mc) >> 20,
             cuda_graphs = cfg.cuda_graphs,
             programmatic_launch = cfg.programmatic_launch,
+            gemv_prefetch_mib = if cfg.programmatic_launch { cfg.gemv_prefetch_mib } else { 0 },
             "CUDA backend ready"
         );
         let slots = vec![Slot::new(&ctx, &bufs.sample_outputs())?, Slot::new(&ctx, &bufs.sample_outputs())?];
