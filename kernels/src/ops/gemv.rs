@@ -34,11 +34,6 @@ pub struct GemvArgs<'a, O> {
     pub out: CudaViewMut<'a, O>,
 }
 
-/// Weight-row pairs per block of the row-pair kernel (4 warps, one pair per warp).
-const PAIRS_PER_BLOCK: usize = 4;
-/// Weight rows per block of the tensor-core kernel (one m16n8k16 tile, 8 warps splitting k).
-const MMA_ROWS_PER_BLOCK: usize = 16;
-
 impl Kernels {
     /// Launches `tf_gemv_{bf16,f32,silu}_t{t}` (grid ⌈(n/2) / 4⌉, block 128) or
     /// `tf_gemv_mma_{bf16,f32,silu}_t{t}` (grid n / 16, block 256), as `dims.kernel` says.
@@ -63,15 +58,11 @@ impl Kernels {
         };
         let k = to_i32(OP, "k", d.k)?;
         let out_cols = to_i32(OP, "out columns", d.out_cols())?;
-        let (func, blocks, threads, units) = match d.kernel {
-            GemvKernel::RowPairs => {
-                let pairs = d.n / 2;
-                (&self.f.gemv[mode][d.t - 1], pairs.div_ceil(PAIRS_PER_BLOCK), 128, pairs)
-            }
-            GemvKernel::Mma => {
-                let tiles = d.n / MMA_ROWS_PER_BLOCK;
-                (&self.f.gemv_mma[mode][d.t - 1], tiles, 256, tiles)
-            }
+        // Blocks of 4 warps × a row pair, or of 8 warps on one 16-row tile.
+        let blocks = d.n.div_ceil(d.kernel.rows_per_block());
+        let (func, threads, units) = match d.kernel {
+            GemvKernel::RowPairs => (&self.f.gemv[mode][d.t - 1], 128, d.n / 2),
+            GemvKernel::Mma => (&self.f.gemv_mma[mode][d.t - 1], 256, d.n / 16),
         };
         let units = to_i32(OP, "weight row groups", units)?;
         let prefetch = to_i32(OP, "prefetch bytes", gemv_prefetch_row_bytes(self.gemv_prefetch(), d.kernel, d.n, d.k, self.num_sms()))?;
