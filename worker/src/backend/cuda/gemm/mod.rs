@@ -131,7 +131,7 @@ pub struct Gemm {
     stats: GemmStats,
     tune: bool,
     /// Per [`GemvKernel::ALL`]: cleared for good when that kernel ever disagrees with cuBLASLt.
-    gemv_ok: [bool; 2],
+    gemv_ok: [bool; GemvKernel::ALL.len()],
     stream: Arc<CudaStream>,
 }
 
@@ -151,7 +151,16 @@ impl Gemm {
             .map_err(|e| BackendError::Device(format!("compute capability: {e:?}")))?;
         let size = if major >= 9 { 32 << 20 } else { 4 << 20 };
         let workspace = stream.alloc_zeros::<u8>(size).map_err(|e| BackendError::Device(format!("cuBLASLt workspace: {e:?}")))?;
-        Ok(Gemm { lt, blas, workspace, plans: HashMap::new(), stats: GemmStats::default(), tune, gemv_ok: [true; 2], stream })
+        Ok(Gemm {
+            lt,
+            blas,
+            workspace,
+            plans: HashMap::new(),
+            stats: GemmStats::default(),
+            tune,
+            gemv_ok: [true; GemvKernel::ALL.len()],
+            stream,
+        })
     }
 
     pub fn stats(&self) -> GemmStats {
