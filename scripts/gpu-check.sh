@@ -230,6 +230,13 @@ def us(op, case):
     found = [cases[(o, case)] for o in ((op, "gemv_mma") if op == "gemv" else (op,)) if (o, case) in cases]
     c = min(found, key=lambda c: c["time_us"]) if found else None
     return (c["time_us"], c["bytes"]) if c else (None, 0)
+# Programmatic launch, in-graph µs per launch without → with (a one-row norm is nearly all
+# launch gap; the GEMV rows add the L2 weight prefetch).
+pdl = [(op, base, case) for (op, case) in cases for suffix in (" programmatic", " programmatic+prefetch")
+       if case.endswith(suffix) and (op, base := case[: -len(suffix)]) in cases]
+if pdl:
+    print("programmatic launch, in-graph µs (ordinary → programmatic): "
+          + "; ".join(f"{op} {base} {cases[(op, base)]['time_us']:.2f} → {cases[(op, case)]['time_us']:.2f}" for op, base, case in sorted(pdl)))
 both = sorted(case for (op, case) in cases if op == "gemv" and ("gemv_mma", case) in cases)
 if both:
     print("GEMV kernels, in-graph µs (row pairs / tensor cores): "
