@@ -33,20 +33,14 @@ pub(crate) fn run(t: &mut Tester<'_>) -> Result<(), KernelError> {
     // A one-row norm is almost all launch gap inside a graph: the same case with programmatic
     // launch (sm_90a only) measures what that gap becomes when each launch may start while
     // the previous one finishes, and checks the outputs stay right.
-    if t.k.set_programmatic_launch(true).is_ok() {
+    t.with_programmatic_launch(|t| {
         for fused in [false, true] {
             let op = if fused { "add_rmsnorm" } else { "rmsnorm" };
             let case = "rows1 h3072 programmatic";
-            let r = rmsnorm(t, 1, 3072, fused)
-                .map(|mut row| {
-                    row.case = case.into();
-                    row
-                })
-                .unwrap_or_else(|e| error_row(op, case, &e));
+            let r = rmsnorm(t, 1, 3072, fused).map(|row| row.named(case)).unwrap_or_else(|e| error_row(op, case, &e));
             t.push(r);
         }
-        t.k.set_programmatic_launch(false)?;
-    }
+    })?;
     for (tokens, inter) in [(1, 9216), (17, 9216), (1000, 9216), (15, 1536)] {
         let case = format!("t{tokens} inter{inter}");
         let r = silu(t, tokens, inter).unwrap_or_else(|e| error_row("silu_mul", &case, &e));

@@ -60,38 +60,32 @@ pub(crate) fn run(t: &mut Tester<'_>) -> Result<(), KernelError> {
     ];
     for (kernel, rows, n, k, epilogue) in cases {
         let d = GemvDims { t: rows, n, k, epilogue, kernel };
-        let r = match epilogue {
-            F32 => gemv::<f32>(t, d),
-            _ => gemv::<bf16>(t, d),
-        };
+        let r = gemv_case(t, d);
         t.push(r.unwrap_or_else(|e| error_row(op_name(kernel), &case_name(&d), &e)));
     }
     // The decode shapes again with programmatic launch and the L2 weight prefetch on (sm_90a
     // only): the prefetch is a hint and must leave every output as it was; a prefetch that
     // left its row would fault here. Timed too: the in-graph launches now overlap.
-    if t.k.set_programmatic_launch(true).is_ok() {
+    t.with_programmatic_launch(|t| {
         t.k.set_gemv_prefetch(PREFETCH_BUDGET);
         for (kernel, rows, n, k, epilogue) in
             [(RowPairs, 1, 6144, 3072, Bf16), (RowPairs, 1, 18_432, 3072, SiluMul), (Mma, 16, 3072, 9216, Bf16), (Mma, 16, 8192, 3072, F32)]
         {
             let d = GemvDims { t: rows, n, k, epilogue, kernel };
-            let r = match epilogue {
-                F32 => gemv::<f32>(t, d),
-                _ => gemv::<bf16>(t, d),
-            };
             let name = format!("{} programmatic+prefetch", case_name(&d));
-            t.push(
-                r.map(|mut row| {
-                    row.case = name.clone();
-                    row
-                })
-                .unwrap_or_else(|e| error_row(op_name(kernel), &name, &e)),
-            );
+            let r = gemv_case(t, d).map(|row| row.named(&name));
+            t.push(r.unwrap_or_else(|e| error_row(op_name(kernel), &name, &e)));
         }
         t.k.set_gemv_prefetch(0);
-        t.k.set_programmatic_launch(false)?;
+    })
+}
+
+/// One case in the output element its epilogue writes.
+fn gemv_case(t: &mut Tester<'_>, d: GemvDims) -> Result<CaseResult, KernelError> {
+    match d.epilogue {
+        GemvEpilogue::F32 => gemv::<f32>(t, d),
+        _ => gemv::<bf16>(t, d),
     }
-    Ok(())
 }
 
 /// The prefetch budget of the programmatic-launch cases (the backend's default).

@@ -221,6 +221,16 @@ pub(crate) fn dev(op: &'static str) -> impl Fn(cudarc::driver::DriverError) -> K
 }
 
 impl Tester<'_> {
+    /// Runs `f` with programmatic launch on, and off again afterwards; does nothing where the
+    /// device cannot have it (anything but the sm_90a image).
+    pub(crate) fn with_programmatic_launch(&mut self, f: impl FnOnce(&mut Self)) -> Result<(), KernelError> {
+        if self.k.set_programmatic_launch(true).is_err() {
+            return Ok(());
+        }
+        f(self);
+        self.k.set_programmatic_launch(false)
+    }
+
     pub fn up<T: DeviceRepr>(&self, v: &[T]) -> Result<CudaSlice<T>, KernelError> {
         self.stream.clone_htod(v).map_err(dev("upload"))
     }
@@ -347,6 +357,12 @@ pub(crate) fn row(op: &str, case: &str, m: &Measured, tol: f64, detail: String) 
 }
 
 impl CaseResult {
+    /// The same result under another case name (a variant of a case already run).
+    pub(crate) fn named(mut self, case: &str) -> Self {
+        self.case = case.into();
+        self
+    }
+
     /// Adds the timing and the bytes / FLOPs the call must move / do.
     pub(crate) fn timed(mut self, time_us: Option<f64>, bytes: u64, flops: u64) -> Self {
         self.time_us = time_us;
