@@ -195,10 +195,4 @@ mod tests {
             assert_eq!(*(p[4] as *const f32), 0.5);
         }
     }
-
-    #[test]
-    fn launch_attribute_is_the_drivers_programmatic_serialization() {
-        // The id the driver expects for "may overlap the previous kernel" (cuda.h: 6).
-        assert_eq!(sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION as u32, 6);
-    }
 }

@@ -170,16 +170,17 @@ fn gemv_prefetch_shares_its_budget_among_resident_blocks_and_stays_in_the_row() 
     // o_proj on an H100 (132 SMs): 192 tiles, all resident; 16 MiB over 192 × 16 rows is
     // 5461 B, cut to whole 16-byte units, below the 6144-byte row.
     assert_eq!(gemv_prefetch_row_bytes(16 * MIB, Mma, 3072, 3072, 132), 5456);
-    // gate|up: 1152 tiles, 264 resident at once.
-    assert_eq!(gemv_prefetch_row_bytes(16 * MIB, Mma, 18_432, 3072, 132), 16 * MIB / (16 * 264) / 16 * 16);
+    // gate|up: 1152 tiles, 264 resident at once: 16 MiB / (264 × 16) = 3971.9 → 3968.
+    assert_eq!(gemv_prefetch_row_bytes(16 * MIB, Mma, 18_432, 3072, 132), 3968);
     // A small weight is prefetched whole and no further.
     assert_eq!(gemv_prefetch_row_bytes(16 * MIB, Mma, 32, 40, 132), 80);
     assert_eq!(gemv_prefetch_row_bytes(16 * MIB, RowPairs, 34, 8, 132), 16);
     // Off, or too small a budget for one 16-byte unit per row.
     assert_eq!(gemv_prefetch_row_bytes(0, Mma, 3072, 3072, 132), 0);
     assert_eq!(gemv_prefetch_row_bytes(1000, RowPairs, 128_256, 3072, 132), 0);
-    // Row pairs: 8 rows per block, 3 blocks per SM.
-    assert_eq!(gemv_prefetch_row_bytes(16 * MIB, RowPairs, 128_256, 3072, 132), 16 * MIB / (8 * 396) / 16 * 16);
+    // Row pairs: 8 rows per block, 3 blocks per SM, so 396 resident: 16 MiB / (396 × 8) =
+    // 5295.8 → 5280.
+    assert_eq!(gemv_prefetch_row_bytes(16 * MIB, RowPairs, 128_256, 3072, 132), 5280);
 }
 
 #[test]

@@ -214,13 +214,14 @@ fn backend_steps(a: &BenchEngineArgs) -> anyhow::Result<serde_json::Value> {
     let info = backend.info();
     let counters: serde_json::Map<String, serde_json::Value> =
         backend.counters().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let programmatic = a.programmatic_launch && info.name == "cuda";
     Ok(json!({
         "backend_counters": counters,
         "backend": info.name, "device": info.device, "dtype": info.dtype, "model": model.id,
         "batch": a.batch, "prompt_len": a.prompt_len, "gen_len": a.gen_len, "cuda_graphs": a.cuda_graphs && info.name == "cuda",
         "overlap": a.overlap,
-        "programmatic_launch": a.programmatic_launch && info.name == "cuda",
-        "gemv_prefetch_mib": if a.programmatic_launch && info.name == "cuda" { a.gemv_prefetch_mib } else { 0 },
+        "programmatic_launch": programmatic,
+        "gemv_prefetch_mib": if programmatic { a.gemv_prefetch_mib } else { 0 },
         "prefill_ms": prefill_ms,
         "prefill_gpu_ms": prefill_gpu_ms,
         "decode_gpu_ms": decode_gpu_ms,
