@@ -33,6 +33,13 @@ impl ImageKind {
         }
     }
 
+    /// Whether kernels of this image may be launched programmatically: only the sm_90a cubin,
+    /// the one SASS the build checks to wait for its predecessor before touching memory (the
+    /// sm_80 cubin has no `griddepcontrol`; a driver JIT of the PTX is not checked).
+    pub fn supports_programmatic_launch(self) -> bool {
+        self == ImageKind::Sm90aCubin
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ImageKind::Sm80Cubin => "sm_80 cubin",
@@ -54,5 +61,12 @@ mod tests {
         assert_eq!(ImageKind::for_compute_capability(10, 0).ok(), Some(ImageKind::Ptx90Jit));
         assert_eq!(ImageKind::for_compute_capability(12, 0).ok(), Some(ImageKind::Ptx90Jit));
         assert!(ImageKind::for_compute_capability(7, 5).is_err());
+    }
+
+    #[test]
+    fn only_the_checked_hopper_cubin_launches_programmatically() {
+        let pdl = |major, minor| ImageKind::for_compute_capability(major, minor).is_ok_and(|i| i.supports_programmatic_launch());
+        assert!(pdl(9, 0));
+        assert!(!pdl(8, 0) && !pdl(8, 9) && !pdl(10, 0) && !pdl(12, 0));
     }
 }

@@ -187,7 +187,7 @@ impl Kernels {
     /// its first load (a driver JIT of the PTX on a newer GPU is not), so elsewhere it is
     /// refused.
     pub fn set_programmatic_launch(&self, on: bool) -> Result<(), KernelError> {
-        if on && self.image != ImageKind::Sm90aCubin {
+        if on && !self.image.supports_programmatic_launch() {
             return Err(KernelError::arg(
                 "set_programmatic_launch",
                 format!(

@@ -86,12 +86,11 @@ fn kernels(device: usize) -> anyhow::Result<(serde_json::Value, bool)> {
     Ok((serde_json::to_value(&report)?, ok))
 }
 
-/// Whether the device runs the sm_90a image, the one programmatic launch is built for.
+/// Whether the device's kernel image may be launched programmatically.
 fn programmatic_launch_supported(device: usize) -> anyhow::Result<bool> {
     let ctx = cudarc::driver::CudaContext::new(device).map_err(|e| anyhow::anyhow!("CUDA context: {e:?}"))?;
     let (major, minor) = ctx.compute_capability().map_err(|e| anyhow::anyhow!("compute capability: {e:?}"))?;
-    Ok(tokenfleet_kernels::module::ImageKind::for_compute_capability(major, minor).ok()
-        == Some(tokenfleet_kernels::module::ImageKind::Sm90aCubin))
+    Ok(tokenfleet_kernels::module::ImageKind::for_compute_capability(major, minor).is_ok_and(|i| i.supports_programmatic_launch()))
 }
 
 fn bandwidth(device: usize) -> anyhow::Result<serde_json::Value> {
